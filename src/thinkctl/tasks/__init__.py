@@ -1,0 +1,12 @@
+"""Verifiable task families and the task registry.
+
+>>> import thinkctl
+>>> sorted(thinkctl.tasks.names())[:2]
+['arith', 'modeq']
+"""
+
+from thinkctl.tasks.base import (ANSWER_PREFIX, TASKS, THINK_CLOSE, THINK_OPEN, Problem, Task, answer_section,
+                                 get, names, register)
+
+__all__ = ["Problem", "Task", "TASKS", "get", "names", "register", "answer_section",
+           "THINK_OPEN", "THINK_CLOSE", "ANSWER_PREFIX"]
