@@ -10,3 +10,7 @@ from thinkctl.tasks.base import (ANSWER_PREFIX, TASKS, THINK_CLOSE, THINK_OPEN, 
 
 __all__ = ["Problem", "Task", "TASKS", "get", "names", "register", "answer_section",
            "THINK_OPEN", "THINK_CLOSE", "ANSWER_PREFIX"]
+
+# Built-in families register themselves on import.
+from thinkctl.tasks import arith as _arith  # noqa: E402,F401
+from thinkctl.tasks import modeq as _modeq  # noqa: E402,F401

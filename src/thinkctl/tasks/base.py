@@ -108,8 +108,8 @@ class Task(ABC):
     def _check_sample_args(self, n: int, seed: int, level: int | None) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n={n!r} must be a non-negative integer number of problems")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed={seed!r} must be an integer")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed={seed!r} must be a non-negative integer")
         if level is not None and self.levels and level not in self.levels:
             raise ValueError(
                 f"level={level!r} is not a level of task {self.name!r}; use one of {list(self.levels)} or None for all")

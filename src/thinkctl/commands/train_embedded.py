@@ -1,0 +1,41 @@
+"""``thinkctl train-embedded``: train the embedded reasoning model from a seed (see :mod:`thinkctl.embedded.train`)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from thinkctl.commands._common import add_progress_argument
+
+NAME = "train-embedded"
+HELP = "train the small embedded reasoning model on the built-in tasks (CPU, under an hour)"
+DESCRIPTION = __doc__
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="checkpoint folder to write (resumes if it holds a partial run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainConfig.steps)")
+    p.add_argument("--problems", type=int, default=None, help="training problems (default: TrainConfig.n_problems)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock cap (default: TrainConfig.max_minutes)")
+    p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
+    add_progress_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from thinkctl.embedded.train import ModelShape, TrainConfig, train
+
+    cfg = TrainConfig(seed=args.seed)
+    if args.tiny:
+        cfg = replace(cfg, n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300,
+                      shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2))
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    if args.problems is not None:
+        cfg = replace(cfg, n_problems=args.problems)
+    if args.minutes is not None:
+        cfg = replace(cfg, max_minutes=args.minutes)
+    out = train(args.out, cfg, progress=not args.no_progress)
+    print(f"wrote {out}")
+    return 0

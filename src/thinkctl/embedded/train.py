@@ -1,0 +1,296 @@
+"""Train the embedded reasoning model, top to bottom in one file.
+
+    thinkctl train-embedded --out DIR [--seed 0] [--steps N] [--minutes M]
+
+1. Problems of the built-in families (``arith``, ``modeq``) at every level, from the training seed only.
+2. A synthetic reasoning trace for each (:mod:`thinkctl.embedded.traces`): forward computation, re-checks
+   introduced by "Wait" that repair slips, then ``</think>`` and ``Final Answer: X``.
+   A share of examples is cut short and forced to answer, as budget forcing will do at run time.
+3. A byte-level BPE tokenizer trained on that text, with a chat template whose generation prompt is the prefix
+   the model is trained on.
+4. A small Llama (transformers ``LlamaForCausalLM``), trained with AdamW and a cosine schedule; the loss covers
+   the assistant's part only (and only the answer in forced examples, so the model never learns to stop
+   thinking on its own at random points).
+5. ``save_pretrained`` (safetensors) + tokenizer files + ``thinkctl_embedded.json`` (config, seed, data
+   statistics, loss curve). A run that is interrupted resumes from its last checkpoint in ``DIR/resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from thinkctl.embedded.tokenizer import END, THINK_CLOSE, build_tokenizer, render_chat
+from thinkctl.embedded.traces import TraceStyle, thought_for
+from thinkctl.tasks import ANSWER_PREFIX, get as get_task
+
+__all__ = ["TrainConfig", "ModelShape", "build_examples", "encode_examples", "make_model", "make_batch", "train"]
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("arith", "modeq")
+#: Seeds for problems are drawn from this offset upward; evaluation seeds (gym-report default 1000+) never reach it.
+TRAIN_SEED_OFFSET = 10_000_000
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Llama shape of the embedded model (about 0.85M parameters by default)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 1024
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the embedded model. Same config and seed -> same data and initial weights."""
+
+    seed: int = 0
+    n_problems: int = 120_000          # training problems, split evenly over tasks and levels
+    forced_fraction: float = 0.25      # share of examples cut short and forced to answer
+    vocab_size: int = 384
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    steps: int = 6000
+    max_minutes: float = 55.0          # hard wall-clock cap; the schedule is by steps
+    checkpoint_every: int = 500
+    threads: int = 2
+    shape: ModelShape = field(default_factory=ModelShape)
+    style: TraceStyle = field(default_factory=TraceStyle)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.forced_fraction < 1.0:
+            raise ValueError(f"forced_fraction={self.forced_fraction} must be in [0, 1)")
+        for name in ("n_problems", "batch_size", "steps", "vocab_size", "checkpoint_every", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.shape.hidden_size % self.shape.num_attention_heads:
+            raise ValueError(f"hidden_size={self.shape.hidden_size} must be divisible by "
+                             f"num_attention_heads={self.shape.num_attention_heads}")
+
+
+# -- 1-2. problems and traces ----------------------------------------------------------------------------
+
+@dataclass
+class Example:
+    prompt: str        # rendered generation prompt (ends with "<think>\n")
+    thought: str       # thinking text (full, or the cut prefix for forced examples)
+    answer: str        # what follows "Final Answer: "
+    forced: bool       # cut short and forced to answer
+
+
+def build_examples(cfg: TrainConfig) -> list[Example]:
+    """The training examples for ``cfg`` (deterministic in ``cfg.seed``)."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    examples: list[Example] = []
+    for t_i, name in enumerate(TASKS):
+        task = get_task(name)
+        per_level = cfg.n_problems // (len(TASKS) * len(task.levels))
+        for level in task.levels:
+            for p in task.sample(per_level, seed=TRAIN_SEED_OFFSET + cfg.seed * 100 + t_i * 10 + level,
+                                 level=level):
+                th = thought_for(name, p, rng, cfg.style)
+                prompt = render_chat(p.prompt)
+                if rng.random() < cfg.forced_fraction:
+                    # cut after a random number of characters; the answer is what the solver believed there,
+                    # or the gold answer while its forward pass was unfinished (a guess it must learn to make).
+                    text = th.text
+                    cut = int(rng.integers(0, len(text) + 1))
+                    done_lines = text[:cut].count("\n")
+                    belief = th.beliefs[done_lines - 1] if done_lines else None
+                    examples.append(Example(prompt, text[:cut], belief if belief is not None else p.answer, True))
+                else:
+                    examples.append(Example(prompt, th.text, th.answer, False))
+    order = rng.permutation(len(examples))
+    return [examples[i] for i in order]
+
+
+def encode_examples(tokenizer: Any, examples: list[Example]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Token ids and loss masks (1 where the loss applies) of each example."""
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    close_ids = tokenizer(f"{THINK_CLOSE}\n{ANSWER_PREFIX}", add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    thoughts = tokenizer([e.thought for e in examples], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([" " + e.answer for e in examples], add_special_tokens=False)["input_ids"]
+    ids_out, mask_out = [], []
+    for e, p, t, a in zip(examples, prompts, thoughts, answers):
+        if e.forced:
+            # budget forcing appends "</think>\nFinal Answer:" where it cuts; a newline may or may not precede it
+            body = t + close_ids
+            body_mask = [0] * len(body)
+        else:
+            body = t + close_ids
+            body_mask = [1] * len(body)
+        ids = p + body + a + [end_id]
+        mask = [0] * len(p) + body_mask + [1] * (len(a) + 1)
+        ids_out.append(np.asarray(ids, dtype=np.int64))
+        mask_out.append(np.asarray(mask, dtype=np.int8))
+    return ids_out, mask_out
+
+
+# -- 3-4. tokenizer and model --------------------------------------------------------------------------------
+
+def make_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.shape.hidden_size,
+        intermediate_size=cfg.shape.intermediate_size,
+        num_hidden_layers=cfg.shape.num_hidden_layers,
+        num_attention_heads=cfg.shape.num_attention_heads,
+        num_key_value_heads=cfg.shape.num_attention_heads,
+        max_position_embeddings=cfg.shape.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(config)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_batch(ids: list[np.ndarray], masks: list[np.ndarray], index: np.ndarray,
+               pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(ids[i]) for i in index)
+    x = np.full((len(index), width), pad_id, dtype=np.int64)
+    m = np.zeros((len(index), width), dtype=np.int64)
+    lab = np.full((len(index), width), -100, dtype=np.int64)
+    for row, i in enumerate(index):
+        n = len(ids[i])
+        x[row, :n] = ids[i]
+        m[row, :n] = 1
+        lab[row, :n] = np.where(masks[i] == 1, ids[i], -100)
+    return torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(lab)
+
+
+# -- 5. training loop ------------------------------------------------------------------------------------
+
+def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
+          progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Train the embedded model into ``out_dir`` and return it. Resumes from ``out_dir/resume`` if present."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = out / "resume"
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+
+    examples = build_examples(cfg)
+    tokenizer = build_tokenizer((e.prompt + e.thought + e.answer for e in examples[:20_000]),
+                                vocab_size=cfg.vocab_size)
+    ids, masks = encode_examples(tokenizer, examples)
+    lengths = np.array([len(x) for x in ids])
+    logger.info("%d examples, mean length %.0f tokens, max %d", len(ids), lengths.mean(), lengths.max())
+    if lengths.max() > cfg.shape.max_position_embeddings:
+        raise ValueError(f"longest example has {lengths.max()} tokens, over max_position_embeddings="
+                         f"{cfg.shape.max_position_embeddings}; raise it in ModelShape")
+
+    model = make_model(cfg, tokenizer)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    step, history = 0, []
+    if (resume / "state.pt").exists():
+        state = torch.load(resume / "state.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+        history = json.loads((resume / "history.json").read_text())
+        logger.info("resumed at step %d", step)
+
+    # Batches of similar lengths waste less compute on padding: sort each chunk of 64 batches by length.
+    rng = np.random.default_rng([cfg.seed, 2])
+    def batch_order(epoch: int) -> list[np.ndarray]:
+        perm = np.random.default_rng([cfg.seed, 3, epoch]).permutation(len(ids))
+        chunk = cfg.batch_size * 64
+        batches = []
+        for s in range(0, len(perm), chunk):
+            part = perm[s:s + chunk]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            batches += [part[j:j + cfg.batch_size] for j in range(0, len(part), cfg.batch_size)]
+        return [batches[k] for k in np.random.default_rng([cfg.seed, 4, epoch]).permutation(len(batches))]
+
+    per_epoch = math.ceil(len(ids) / cfg.batch_size)
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train-embedded")
+    while step < cfg.steps:
+        if (time.time() - t_start) / 60 > cfg.max_minutes:
+            logger.warning("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
+            break
+        epoch, k = divmod(step, per_epoch)
+        index = batch_order(epoch)[k]
+        x, _, lab = make_batch(ids, masks, index, tokenizer.pad_token_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        # Right padding under a causal mask never influences the real tokens, so no attention mask is passed:
+        # that keeps attention on the fast fused path (several times faster on CPU than a padded mask).
+        loss = model(input_ids=x, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        loss_value = loss.item()
+        history.append([step, round(loss_value, 5)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if on_step is not None:
+            on_step(step, loss_value)
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            resume.mkdir(exist_ok=True)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, resume / "state.tmp")
+            os.replace(resume / "state.tmp", resume / "state.pt")
+            (resume / "history.json").write_text(json.dumps(history))
+    bar.close()
+    del rng
+
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    meta = {
+        "name": "thinkctl-embedded",
+        "config": asdict(cfg),
+        "steps_done": step,
+        "minutes": round((time.time() - t_start) / 60, 2),
+        "n_examples": len(ids),
+        "mean_tokens": float(lengths.mean()),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "final_loss": float(np.mean([h[1] for h in history[-50:]])) if history else None,
+        "loss_history": history[:: max(1, len(history) // 200)],
+    }
+    (out / "thinkctl_embedded.json").write_text(json.dumps(meta, indent=2))
+    if (resume / "state.pt").exists():
+        for f in resume.iterdir():
+            f.unlink()
+        resume.rmdir()
+    return out

@@ -1,0 +1,69 @@
+"""Synthetic reasoning traces: every step verifiable, re-checks repair slips, beliefs track the answer."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import thinkctl
+from thinkctl.embedded.traces import CHECK_TEXT, TraceStyle, thought_for
+from thinkctl.tasks.arith import ArithTask
+
+LINE_RE = re.compile(r"^(\d+)([+*-])(\d+)=(\d+)$")
+
+
+@pytest.mark.parametrize("name", ["arith", "modeq"])
+def test_final_belief_is_the_gold_answer_even_with_slips(name):
+    task = thinkctl.tasks.get(name)
+    rng = np.random.default_rng(0)
+    style = TraceStyle(p_slip=0.5, p_check=0.5)
+    n_slips = 0
+    for p in task.sample(400, seed=9):
+        th = thought_for(name, p, rng, style)
+        assert th.answer == p.answer
+        assert len(th.beliefs) == len(th.lines)
+        n_slips += any(line.endswith(" no") for line in th.lines)
+    assert n_slips > 50  # slips happen and are caught
+
+
+def test_arith_forward_lines_are_correct_without_slips():
+    task = ArithTask()
+    rng = np.random.default_rng(1)
+    style = TraceStyle(p_slip=0.0, p_check=1.0, p_second_check=0.0)
+    for p in task.sample(200, seed=2):
+        th = thought_for("arith", p, rng, style)
+        forward = th.lines[: th.lines.index(CHECK_TEXT)]
+        start, ops = ArithTask.chain(p)
+        assert len(forward) == len(ops)
+        for line in forward:
+            a, op, b, r = LINE_RE.match(line).groups()
+            assert eval(f"{a}{op}{b}") == int(r)  # noqa: S307 - digits and one operator only
+        assert all(line.endswith(" ok") for line in th.lines[len(forward) + 1:])
+
+
+def test_slipped_arith_step_is_repaired_by_the_recheck():
+    task = ArithTask()
+    rng = np.random.default_rng(3)
+    style = TraceStyle(p_slip=1.0)
+    p = task.sample(1, seed=4, level=4)[0]
+    th = thought_for("arith", p, rng, style)
+    n_ops = len(ArithTask.chain(p)[1])
+    assert th.beliefs[n_ops - 1] != p.answer  # the forward pass ended on a wrong value
+    assert CHECK_TEXT in th.lines and any(line.startswith("so ") for line in th.lines)
+    assert th.answer == p.answer
+
+
+def test_no_check_means_thinking_ends_after_the_forward_pass():
+    rng = np.random.default_rng(5)
+    style = TraceStyle(p_slip=0.0, p_check=0.0, p_second_check=0.0)
+    for name in ["arith", "modeq"]:
+        for p in thinkctl.tasks.get(name).sample(50, seed=6):
+            th = thought_for(name, p, rng, style)
+            assert CHECK_TEXT not in th.lines
+
+
+def test_style_rejects_bad_probabilities():
+    with pytest.raises(ValueError, match="p_check"):
+        TraceStyle(p_check=1.5)

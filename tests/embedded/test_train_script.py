@@ -1,0 +1,74 @@
+"""The training script runs end to end on a tiny config, resumes after an interruption, and its output loads."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from thinkctl.embedded import load_embedded
+from thinkctl.embedded.tokenizer import render_chat
+from thinkctl.embedded.train import ModelShape, TrainConfig, build_examples, encode_examples, train
+
+TINY = TrainConfig(n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300, checkpoint_every=2,
+                   shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
+
+
+def test_examples_are_deterministic_for_a_seed():
+    a = build_examples(TINY)
+    b = build_examples(TINY)
+    c = build_examples(replace(TINY, seed=1))
+    assert [(e.prompt, e.thought, e.answer) for e in a] == [(e.prompt, e.thought, e.answer) for e in b]
+    assert [e.prompt for e in a] != [e.prompt for e in c]
+    forced = sum(e.forced for e in a) / len(a)
+    assert 0.1 < forced < 0.4  # about forced_fraction=0.25
+
+
+def test_forced_examples_train_only_on_the_answer(tmp_path):
+    out = train(tmp_path / "m", TINY, progress=False)
+    _, tok = load_embedded(out)
+    examples = build_examples(TINY)
+    ids, masks = encode_examples(tok, examples)
+    for e, x, m in zip(examples, ids, masks):
+        n_prompt = len(tok(e.prompt, add_special_tokens=False)["input_ids"])
+        assert m[:n_prompt].sum() == 0  # never the prompt
+        if e.forced:
+            answer_len = len(tok(" " + e.answer, add_special_tokens=False)["input_ids"]) + 1
+            assert m.sum() == answer_len and m[-answer_len:].all()  # never the cut thought or the forced "</think>"
+
+
+def test_tiny_training_writes_a_loadable_checkpoint(tmp_path):
+    out = train(tmp_path / "m", TINY, progress=False)
+    model, tok = load_embedded(out)
+    assert model.config.model_type == "llama"
+    assert (out / "model.safetensors").is_file() and not (out / "resume").exists()
+    prompt = "Evaluate from left to right: 3 + 4"
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                  return_dict=False)
+    assert tok.decode(ids) == render_chat(prompt)  # the template is exactly the training prefix
+    gen = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert gen.shape[1] == len(ids) + 5 or tok.eos_token_id in gen[0].tolist()
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
+    seen: list[int] = []
+
+    def crash_at_3(step: int, loss: float) -> None:
+        seen.append(step)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "m", TINY, progress=False, on_step=crash_at_3)
+    assert (tmp_path / "m" / "resume" / "state.pt").is_file()
+    resumed: list[int] = []
+    train(tmp_path / "m", TINY, progress=False, on_step=lambda s, _: resumed.append(s))
+    assert seen == [1, 2, 3] and resumed == [3, 4]  # continues after the step-2 checkpoint
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="forced_fraction"):
+        TrainConfig(forced_fraction=1.0)
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        TrainConfig(shape=ModelShape(hidden_size=30, num_attention_heads=4))
