@@ -1,0 +1,66 @@
+"""The gym report pipeline, on a tiny model trained for a few steps (fast; the real figures come from the CLI)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from thinkctl.cli import main
+from thinkctl.embedded import load_embedded
+from thinkctl.embedded.gym import GymConfig, _majority, gym_report
+from thinkctl.embedded.train import ModelShape, TrainConfig, train
+
+TINY = TrainConfig(n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
+                   shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = train(tmp_path_factory.mktemp("tiny") / "m", TINY, progress=False)
+    return load_embedded(out)
+
+
+def test_majority_vote_breaks_ties_by_first_seen():
+    assert _majority(["3", "4", "4", "3"]) == "3"
+    assert _majority([None, "7", None]) == "7"
+    assert _majority([None, None]) is None
+
+
+def test_report_has_every_measure_for_every_family(tiny_model):
+    model, tok = tiny_model
+    cfg = replace(GymConfig(), n=12, samples=2, max_new_tokens=24, batch_size=16)
+    rep = gym_report(model, tok, cfg, progress=False)
+    for name in cfg.tasks:
+        fam = rep["families"][name]
+        assert fam["n_problems"] == 12
+        assert set(fam["forced"]) == {str(f) for f in cfg.fractions}
+        for lvl in fam["levels"]:
+            row = fam["by_level"][lvl]
+            assert {"greedy", "single_sample", "majority@2", "forced"} <= set(row)
+            assert row["single_sample"]["n"] == 2 * row["greedy"]["n"]
+        t = fam["targets"]
+        assert {"1_easiest_greedy_ge_0.90", "2_vote_gain_middle_levels_ge_0.05", "3_forced_accuracy_rises",
+                "4_overthinking_ge_0.30", "5_wait_effect"} <= set(t)
+        # an untrained model solves nothing: targets that need skill must read as missed, not met
+        assert t["1_easiest_greedy_ge_0.90"]["met"] is False
+
+
+def test_bad_gym_config():
+    with pytest.raises(ValueError, match="prompt_style"):
+        GymConfig(prompt_style="chatty")
+    with pytest.raises(ValueError, match="overthink_fraction"):
+        GymConfig(overthink_fraction=0.3)
+
+
+def test_cli_writes_json(tiny_model, tmp_path, monkeypatch, capsys):
+    model, tok = tiny_model
+    monkeypatch.setattr("thinkctl.models.load_model", lambda spec, **kw: (model, tok))
+    out = tmp_path / "gym.json"
+    rc = main(["gym-report", "--n", "6", "--samples", "2", "--max-new-tokens", "16", "--tasks", "arith",
+               "--json", str(out), "--no-progress"])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["config"]["n"] == 6 and "arith" in rep["families"]
+    assert "greedy by level" in capsys.readouterr().out
