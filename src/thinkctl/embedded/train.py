@@ -265,6 +265,7 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
             on_step(step, loss_value)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             resume.mkdir(exist_ok=True)
+            tokenizer.save_pretrained(resume)  # so that a partial run can be loaded and inspected
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, resume / "state.tmp")
             os.replace(resume / "state.tmp", resume / "state.pt")
             (resume / "history.json").write_text(json.dumps(history))

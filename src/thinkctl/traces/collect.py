@@ -1,0 +1,234 @@
+"""Collect labelled reasoning traces from a model on a task.
+
+For each problem, ``samples`` generations (the first greedy, the rest sampled); then, in one teacher-forced
+forward pass over each finished generation, the hidden states of the chosen layers at the prompt's last token
+and at every checkpoint (every ``every`` thinking tokens, and the end of thinking), and per-token confidence; then,
+at every checkpoint, the answer the model gives when forced to answer there (with the tokens that probe cost) and
+whether it is right. Shards of ``shard_problems`` problems are committed atomically to a :class:`TraceStore`.
+
+Recording states after generation, in one forward pass, costs far less than tapping every decoding step, and
+gives exactly the same states (the forward pass is causal).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from thinkctl import __version__
+from thinkctl.generation import (chat_prefix, generate_from_prefixes, reasoning_format, thinking_length)
+from thinkctl.tasks import Problem, Task
+from thinkctl.traces.store import TraceStore
+
+__all__ = ["CollectConfig", "collect", "token_confidence"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """How traces are collected. The store records it; resuming requires the same config.
+
+    ``every``: a checkpoint every this many thinking tokens (and one at the end of thinking).
+    ``confidence_top_k`` / ``confidence_window``: DeepConf token confidence (Fu et al. 2025, "Deep Think with
+    Confidence": negative mean log-probability of the top-k tokens) and the window of its running group mean.
+    """
+
+    task: str = "arith"
+    n_problems: int = 240
+    seed: int = 2000
+    level: int | None = None
+    samples: int = 4
+    temperature: float = 1.0
+    every: int = 16
+    layers: tuple[int, ...] | str = "all"
+    max_new_tokens: int = 768
+    max_answer_tokens: int = 12
+    batch_size: int = 64
+    forward_batch_size: int = 16
+    shard_problems: int = 24
+    prompt_suffix: str = ""
+    confidence_top_k: int = 5
+    confidence_window: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("n_problems", "samples", "every", "max_new_tokens", "max_answer_tokens", "batch_size",
+                     "forward_batch_size", "shard_problems", "confidence_top_k", "confidence_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise ValueError(f"layers={self.layers!r}; use 'all' or a tuple of layer indices")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (sample 0 is always greedy)")
+
+
+def resolve_layers(layers: tuple[int, ...] | str, n_layers: int) -> list[int]:
+    """Non-negative decoder-layer indices for ``layers`` ("all", or indices; negatives count from the end)."""
+    if layers == "all":
+        return list(range(n_layers))
+    out = []
+    for layer in layers:
+        if not -n_layers <= int(layer) < n_layers:
+            raise ValueError(f"layer={layer} is out of range for a model with {n_layers} layers; "
+                             f"use 0..{n_layers - 1} or negative indices")
+        out.append(int(layer) % n_layers)
+    return sorted(set(out))
+
+
+def token_confidence(logits: torch.Tensor, tokens: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+    """Per-token statistics of generated ``tokens`` (T,) from the logits that produced them (T, V)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top = logp.topk(min(top_k, logp.shape[-1]), dim=-1).values
+    return {
+        "conf": -top.mean(-1),                                     # DeepConf token confidence
+        "logprob": logp.gather(-1, tokens[:, None]).squeeze(-1),   # chosen token
+        "entropy": -(logp.exp() * logp).sum(-1),
+    }
+
+
+def _checkpoint_stats(stats: dict[str, torch.Tensor], k: int, window: int) -> dict[str, float]:
+    conf, lp, ent = stats["conf"][:k], stats["logprob"][:k], stats["entropy"][:k]
+    if k == 0:
+        return {"conf_window": 0.0, "conf_min_window": 0.0, "logprob_mean": 0.0, "logprob_window": 0.0,
+                "entropy_window": 0.0}
+    w = min(window, k)
+    group = conf.unfold(0, w, 1).mean(-1) if k >= w else conf.mean()[None]
+    return {
+        "conf_window": float(conf[-w:].mean()),
+        "conf_min_window": float(group.min()),
+        "logprob_mean": float(lp.mean()),
+        "logprob_window": float(lp[-w:].mean()),
+        "entropy_window": float(ent[-w:].mean()),
+    }
+
+
+def _n_layers(model: Any) -> int:
+    cfg = model.config
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if n is None and hasattr(cfg, "get_text_config"):
+        n = cfg.get_text_config().num_hidden_layers
+    return int(n)
+
+
+@torch.no_grad()
+def _forward_states(model: Any, seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
+                    layers: list[int], batch_size: int, pad_id: int) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+    """Hidden states at the given positions (per sequence: (n_pos, n_layers, H) float16) and the logits of every
+    position (per sequence: (len, V)), from teacher-forced forward passes (right padding, causal)."""
+    states: list[np.ndarray] = [np.empty(0)] * len(seqs)
+    logits_out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for s in range(0, len(order), batch_size):
+        rows = order[s:s + batch_size]
+        width = max(len(seqs[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, :len(seqs[i])] = torch.tensor(list(seqs[i]), dtype=torch.long)
+            mask[r, :len(seqs[i])] = 1
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        hs = out.hidden_states  # embeddings + one per layer, each (B, T, H)
+        for r, i in enumerate(rows):
+            pos = torch.tensor(list(positions[i]), dtype=torch.long, device=device)
+            stacked = torch.stack([hs[layer + 1][r, pos] for layer in layers], dim=1)  # (n_pos, n_layers, H)
+            states[i] = stacked.to(torch.float16).cpu().numpy()
+            logits_out[i] = out.logits[r, :len(seqs[i])].float().cpu()
+    return states, logits_out
+
+
+def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem], out_dir: str,
+            cfg: CollectConfig = CollectConfig(), *, model_name: str = "model", progress: bool = True) -> TraceStore:
+    """Collect traces of ``problems`` into the store at ``out_dir`` (resuming one that exists)."""
+    from tqdm.auto import tqdm
+
+    fmt = reasoning_format(tokenizer)
+    n_layers = _n_layers(model)
+    layers = resolve_layers(cfg.layers, n_layers)
+    hidden = int(model.config.hidden_size)
+    store = TraceStore(out_dir)
+    store.init({
+        "collect": asdict(cfg), "layers_resolved": layers, "thinkctl_version": __version__,
+        "model": {"name": model_name, "hidden_size": hidden, "num_layers": n_layers},
+        "problem_ids": [p.id for p in problems],
+    })
+    n_shards = math.ceil(len(problems) / cfg.shard_problems)
+    todo = [i for i in range(n_shards) if not store.has_shard(i)]
+    if len(todo) < n_shards:
+        logger.info("resuming %s: %d of %d shards already collected", out_dir, n_shards - len(todo), n_shards)
+    bar = tqdm(total=len(problems), initial=(n_shards - len(todo)) * cfg.shard_problems, disable=not progress,
+               desc=f"collect {task.name}", unit="problem")
+    for shard in todo:
+        chunk = list(problems[shard * cfg.shard_problems:(shard + 1) * cfg.shard_problems])
+        tensors, rows = _collect_shard(model, tokenizer, fmt, task, chunk, cfg, layers, seed=cfg.seed * 100_003 + shard)
+        store.write_shard(shard, tensors, rows)
+        bar.update(len(chunk))
+    bar.close()
+    return store
+
+
+def _collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: list[Problem], cfg: CollectConfig,
+                   layers: list[int], seed: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size)
+    prefixes = [chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix) for p in problems]
+    greedy = generate_from_prefixes(model, prefixes, max_new_tokens=cfg.max_new_tokens, **gen_kw)
+    sampled: list[list[int]] = []
+    if cfg.samples > 1:
+        rep = [pref for pref in prefixes for _ in range(cfg.samples - 1)]
+        sampled = generate_from_prefixes(model, rep, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                                         temperature=cfg.temperature, seed=seed, **gen_kw)
+    # sample j of problem i: j == 0 greedy, else sampled[i * (samples - 1) + j - 1]
+    items = []
+    for i, p in enumerate(problems):
+        for j in range(cfg.samples):
+            gen = greedy[i] if j == 0 else sampled[i * (cfg.samples - 1) + j - 1]
+            n_think, closed = thinking_length(fmt, tokenizer, gen)
+            ks = list(range(cfg.every, n_think, cfg.every)) + [n_think]
+            items.append((i, j, gen, n_think, closed, ks))
+    seqs = [prefixes[i] + gen for i, _, gen, _, _, _ in items]
+    positions = [[len(prefixes[i]) - 1] + [len(prefixes[i]) + k - 1 for k in ks] for i, _, _, _, _, ks in items]
+    states, logits = _forward_states(model, seqs, positions, layers, cfg.forward_batch_size, fmt.pad_id)
+
+    # forced answers at every checkpoint
+    forced_prefixes = [prefixes[i] + gen[:k] + list(fmt.force_answer_ids)
+                       for i, _, gen, _, _, ks in items for k in ks]
+    forced = generate_from_prefixes(model, forced_prefixes, max_new_tokens=cfg.max_answer_tokens, **gen_kw)
+    force_text = tokenizer.decode(list(fmt.force_answer_ids), skip_special_tokens=False)
+
+    prompt_hidden, ckpt_hidden, rows = [], [], []
+    f_iter = iter(forced)
+    for (i, j, gen, n_think, closed, ks), st, lg in zip(items, states, logits):
+        p = problems[i]
+        n_pre = len(prefixes[i])
+        gen_t = torch.tensor(gen, dtype=torch.long)
+        stats = token_confidence(lg[n_pre - 1:n_pre - 1 + len(gen)], gen_t, cfg.confidence_top_k) if gen else None
+        text = tokenizer.decode(gen, skip_special_tokens=False)
+        answer = task.extract_answer(text)
+        checkpoints = []
+        for k, st_row in zip(ks, range(1, len(ks) + 1)):
+            out = next(f_iter)
+            fa = task.extract_answer(force_text + tokenizer.decode(out, skip_special_tokens=False))
+            checkpoints.append({
+                "position": k, "row": len(ckpt_hidden),
+                "forced_answer": fa, "forced_correct": bool(fa is not None and task.check_answer(p, fa)),
+                "probe_tokens": len(fmt.force_answer_ids) + len(out),
+                "agrees_with_final": fa is not None and fa == answer,
+                "confidence": _checkpoint_stats(stats, k, cfg.confidence_window) if stats is not None
+                else _checkpoint_stats({}, 0, cfg.confidence_window),
+            })
+            ckpt_hidden.append(st[st_row])
+        rows.append({
+            "problem_id": p.id, "level": p.level, "features": p.features, "sample": j, "greedy": j == 0,
+            "text": text, "generated_ids": list(gen), "answer": answer, "gold": p.answer,
+            "correct": bool(answer is not None and task.check_answer(p, answer)),
+            "n_prompt_tokens": n_pre, "n_generated": len(gen), "n_thinking": n_think, "thinking_closed": closed,
+            "prompt_row": len(prompt_hidden), "checkpoints": checkpoints,
+        })
+        prompt_hidden.append(st[0])
+    tensors = {"prompt_hidden": np.stack(prompt_hidden), "checkpoint_hidden": np.stack(ckpt_hidden)}
+    return tensors, rows
