@@ -223,7 +223,8 @@ def _collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: l
             })
             ckpt_hidden.append(st[st_row])
         rows.append({
-            "problem_id": p.id, "level": p.level, "features": p.features, "sample": j, "greedy": j == 0,
+            "problem_id": p.id, "prompt": p.prompt, "level": p.level, "features": p.features, "sample": j,
+            "greedy": j == 0,
             "text": text, "generated_ids": list(gen), "answer": answer, "gold": p.answer,
             "correct": bool(answer is not None and task.check_answer(p, answer)),
             "n_prompt_tokens": n_pre, "n_generated": len(gen), "n_thinking": n_think, "thinking_closed": closed,
