@@ -8,3 +8,52 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SYNTH_HIDDEN, SYNTH_LAYERS = 16, [0, 1, 2]
+
+
+def _synthetic_store(path, n_problems=120, samples=3, seed=0):
+    """Layer 1 carries the signal (first coordinate = correctness); layers 0 and 2 are noise."""
+    rng = np.random.default_rng(seed)
+    from thinkctl.traces import TraceStore
+
+    store = TraceStore(path)
+    store.init({"collect": {"task": "arith"}, "layers_resolved": SYNTH_LAYERS,
+                "model": {"name": "toy-model", "hidden_size": SYNTH_HIDDEN, "num_layers": 3}})
+    for shard in range(n_problems // 20):
+        rows, prompt_h, ck_h = [], [], []
+        for p in range(shard * 20, shard * 20 + 20):
+            hard = rng.random() < 0.5
+            for s in range(samples):
+                correct = bool(rng.random() < (0.3 if hard else 0.8))
+                ph = rng.normal(size=(len(SYNTH_LAYERS), SYNTH_HIDDEN))
+                ph[1, 0] += -1.5 if hard else 1.5
+                checkpoints = []
+                for k in range(4):
+                    forced = bool(correct and k >= 2) or bool(rng.random() < 0.1)
+                    h = rng.normal(size=(len(SYNTH_LAYERS), SYNTH_HIDDEN))
+                    h[1, 0] += 2.0 if forced else -2.0
+                    checkpoints.append({"position": 8 * (k + 1), "row": len(ck_h), "forced_answer": "1",
+                                        "forced_correct": forced, "probe_tokens": 6, "agrees_with_final": forced,
+                                        "confidence": {"conf_window": float(rng.normal())}})
+                    ck_h.append(h)
+                rows.append({"problem_id": f"p{p:04d}", "prompt": f"Evaluate {p} + {'9' * (5 if hard else 1)}",
+                             "level": 2 if hard else 1, "features": {"n_ops": 5 if hard else 1}, "sample": s,
+                             "correct": correct, "n_prompt_tokens": 10, "n_generated": 40, "n_thinking": 32,
+                             "prompt_row": len(prompt_h), "checkpoints": checkpoints})
+                prompt_h.append(ph)
+        store.write_shard(shard, {"prompt_hidden": np.array(prompt_h, dtype=np.float16),
+                                  "checkpoint_hidden": np.array(ck_h, dtype=np.float16)}, rows)
+    return store
+
+
+
+
+@pytest.fixture
+def synthetic_store():
+    """Factory of small trace stores whose layer 1 carries the correctness signal."""
+    return _synthetic_store

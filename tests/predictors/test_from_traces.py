@@ -9,42 +9,8 @@ import pytest
 
 from thinkctl.predictors import HiddenStateProbe
 from thinkctl.predictors.from_traces import PredictorTrainingConfig, problem_split, train_predictors
-from thinkctl.traces import TraceStore
 
-HIDDEN, LAYERS = 16, [0, 1, 2]
-
-
-def _synthetic_store(path, n_problems=120, samples=3, seed=0):
-    """Layer 1 carries the signal (first coordinate = correctness); layers 0 and 2 are noise."""
-    rng = np.random.default_rng(seed)
-    store = TraceStore(path)
-    store.init({"collect": {"task": "arith"}, "layers_resolved": LAYERS,
-                "model": {"name": "toy-model", "hidden_size": HIDDEN, "num_layers": 3}})
-    for shard in range(n_problems // 20):
-        rows, prompt_h, ck_h = [], [], []
-        for p in range(shard * 20, shard * 20 + 20):
-            hard = rng.random() < 0.5
-            for s in range(samples):
-                correct = bool(rng.random() < (0.3 if hard else 0.8))
-                ph = rng.normal(size=(len(LAYERS), HIDDEN))
-                ph[1, 0] += -1.5 if hard else 1.5
-                checkpoints = []
-                for k in range(4):
-                    forced = bool(correct and k >= 2) or bool(rng.random() < 0.1)
-                    h = rng.normal(size=(len(LAYERS), HIDDEN))
-                    h[1, 0] += 2.0 if forced else -2.0
-                    checkpoints.append({"position": 8 * (k + 1), "row": len(ck_h), "forced_answer": "1",
-                                        "forced_correct": forced, "probe_tokens": 6, "agrees_with_final": forced,
-                                        "confidence": {"conf_window": float(rng.normal())}})
-                    ck_h.append(h)
-                rows.append({"problem_id": f"p{p:04d}", "prompt": f"Evaluate {p} + {'9' * (5 if hard else 1)}",
-                             "level": 2 if hard else 1, "features": {"n_ops": 5 if hard else 1}, "sample": s,
-                             "correct": correct, "n_prompt_tokens": 10, "n_generated": 40, "n_thinking": 32,
-                             "prompt_row": len(prompt_h), "checkpoints": checkpoints})
-                prompt_h.append(ph)
-        store.write_shard(shard, {"prompt_hidden": np.array(prompt_h, dtype=np.float16),
-                                  "checkpoint_hidden": np.array(ck_h, dtype=np.float16)}, rows)
-    return store
+HIDDEN = 16
 
 
 def test_split_is_by_problem_and_disjoint():
@@ -56,8 +22,8 @@ def test_split_is_by_problem_and_disjoint():
     assert split == problem_split(ids, PredictorTrainingConfig(seed=3))
 
 
-def test_bundle_finds_the_informative_layer_and_reports_heldout_auroc(tmp_path):
-    store = _synthetic_store(tmp_path / "traces")
+def test_bundle_finds_the_informative_layer_and_reports_heldout_auroc(tmp_path, synthetic_store):
+    store = synthetic_store(tmp_path / "traces")
     rep = train_predictors(store, tmp_path / "bundle", PredictorTrainingConfig(n_bootstrap=100))
     assert rep["confidence"]["layer"] == 1
     auc = rep["confidence"]["test_auroc"]

@@ -1,0 +1,43 @@
+"""Calibrating a bundle: calibrator chosen on calib, ECE measured on test, LTT threshold certified or refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from thinkctl.calibration.bundle import CalibrationConfig, calibrate_bundle
+from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
+
+
+@pytest.fixture
+def bundle(tmp_path, synthetic_store):
+    store = synthetic_store(tmp_path / "traces", n_problems=200)
+    train_predictors(store, tmp_path / "bundle", PredictorTrainingConfig(n_bootstrap=50))
+    return tmp_path / "bundle"
+
+
+def test_calibration_report_and_threshold(bundle):
+    rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2))
+    assert rep["calibrator"] in rep["cv_brier_on_calib"]
+    cal, raw = rep["test_calibrated"]["ece"], rep["test_uncalibrated"]["ece"]
+    assert cal["ci95"][0] <= cal["value"] <= cal["ci95"][1]
+    assert cal["value"] < max(raw["value"], 0.1)
+    rc = json.loads((bundle / "calibration" / "risk_control.json").read_text())
+    assert rc["threshold"] is not None and 0.5 <= rc["threshold"] < 1
+    es = rep["test_early_stopping"]
+    assert es["thinking_fraction_used_mean"] < 1.0  # the threshold actually stops some samples early
+    assert json.loads((bundle / "bundle.json").read_text())["calibration"]["stop_threshold"] == rc["threshold"]
+
+
+def test_impossible_risk_gives_no_threshold_and_says_why(bundle):
+    rep = calibrate_bundle(bundle, replace(CalibrationConfig(n_boot=50), epsilon=1e-4, delta=1e-3))
+    assert rep["risk_control"]["threshold"] is None
+    assert rep["risk_control"]["reason"]
+    assert "test_early_stopping" not in rep
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(FileNotFoundError, match="thinkctl train"):
+        calibrate_bundle(tmp_path)
