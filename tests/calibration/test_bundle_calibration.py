@@ -41,3 +41,14 @@ def test_impossible_risk_gives_no_threshold_and_says_why(bundle):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(FileNotFoundError, match="thinkctl train"):
         calibrate_bundle(tmp_path)
+
+
+def test_report_command_writes_html_with_embedded_plots(bundle, tmp_path):
+    from thinkctl.cli import main
+
+    out = tmp_path / "report"
+    assert main(["report", "--bundle", str(bundle), "--out", str(out), "--n-bootstrap", "20"]) == 0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "confidence probe" in html
+    data = json.loads((out / "report.json").read_text())
+    assert data

@@ -27,7 +27,7 @@ from thinkctl.calibration.metrics import (auroc, bootstrap_ci, brier_score, expe
 from thinkctl.calibration.risk_control import early_stopping_losses, learn_then_test
 from thinkctl.traces.store import TraceStore
 
-__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix"]
+__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +174,29 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig 
     meta["calibration"] = {"confidence_calibrator": best, "stop_threshold": risk_doc["threshold"]}
     meta_path.write_text(json.dumps(meta, indent=2))
     return report
+
+
+def bundle_report_entries(bundle_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Entries for :func:`thinkctl.calibration.calibration_report`: each predictor's raw logits on the bundle's
+    calib problems (to fit calibrators) and test problems (to measure)."""
+    from thinkctl.predictors.probe import HiddenStateProbe
+
+    bdir = Path(bundle_dir)
+    meta = json.loads((bdir / "bundle.json").read_text())
+    store = TraceStore(meta["trace_store"])
+    split = meta["split"]
+    entries: dict[str, dict[str, Any]] = {}
+    ca = store.checkpoint_arrays(meta["confidence_layer"])
+    logits = HiddenStateProbe.load(bdir / "confidence_probe").decision_function(ca.X)
+    cal, test = np.isin(ca.groups, split["calib"]), np.isin(ca.groups, split["test"])
+    entries["confidence probe (forced answer right)"] = {
+        "y_true": ca.y[cal].astype(int), "scores": logits[cal], "y_true_test": ca.y[test].astype(int),
+        "scores_test": logits[test], "score_type": "logit"}
+    if (bdir / "difficulty_probe").is_dir():
+        sa = store.sample_arrays(meta["confidence_layer"])
+        dl = HiddenStateProbe.load(bdir / "difficulty_probe").decision_function(sa.X)
+        cal, test = np.isin(sa.groups, split["calib"]), np.isin(sa.groups, split["test"])
+        entries["difficulty probe (one sample solves)"] = {
+            "y_true": sa.y[cal].astype(int), "scores": dl[cal], "y_true_test": sa.y[test].astype(int),
+            "scores_test": dl[test], "score_type": "logit"}
+    return entries
