@@ -72,3 +72,12 @@ def test_bad_config_is_rejected():
         TrainConfig(forced_fraction=1.0)
     with pytest.raises(ValueError, match="num_attention_heads"):
         TrainConfig(shape=ModelShape(hidden_size=30, num_attention_heads=4))
+
+
+def test_second_stage_continues_from_a_checkpoint(tmp_path):
+    first = train(tmp_path / "a", TINY, progress=False)
+    second = train(tmp_path / "b", replace(TINY, seed=1, init_from=str(first)), progress=False)
+    m1, t1 = load_embedded(first)
+    m2, t2 = load_embedded(second)
+    assert t1.get_vocab() == t2.get_vocab()  # same tokenizer, not a retrained one
+    assert not torch.equal(m1.model.embed_tokens.weight, m2.model.embed_tokens.weight)  # it did train further

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainConfig.steps)")
     p.add_argument("--problems", type=int, default=None, help="training problems (default: TrainConfig.n_problems)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock cap (default: TrainConfig.max_minutes)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="continue from a finished checkpoint (second stage; use a new --seed for fresh problems)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig.lr)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
     add_progress_argument(p)
 
@@ -34,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, steps=args.steps)
     if args.problems is not None:
         cfg = replace(cfg, n_problems=args.problems)
+    if args.init_from is not None:
+        cfg = replace(cfg, init_from=args.init_from)
+    if args.lr is not None:
+        cfg = replace(cfg, lr=args.lr)
     if args.minutes is not None:
         cfg = replace(cfg, max_minutes=args.minutes)
     out = train(args.out, cfg, progress=not args.no_progress)

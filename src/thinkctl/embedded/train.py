@@ -73,6 +73,9 @@ class TrainConfig:
     threads: int = 2
     shape: ModelShape = field(default_factory=ModelShape)
     style: TraceStyle = field(default_factory=TraceStyle)
+    #: Continue from this finished checkpoint (its weights and tokenizer) instead of a random init: a second
+    #: training stage on fresh problems (the data seed is ``seed``), e.g. ``seed=1`` after a ``seed=0`` stage.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.forced_fraction < 1.0:
@@ -202,8 +205,13 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
     t_start = time.time()
 
     examples = build_examples(cfg)
-    tokenizer = build_tokenizer((e.prompt + e.thought + e.answer for e in examples[:20_000]),
-                                vocab_size=cfg.vocab_size)
+    if cfg.init_from is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.init_from, local_files_only=True)
+    else:
+        tokenizer = build_tokenizer((e.prompt + e.thought + e.answer for e in examples[:20_000]),
+                                    vocab_size=cfg.vocab_size)
     ids, masks = encode_examples(tokenizer, examples)
     lengths = np.array([len(x) for x in ids])
     logger.info("%d examples, mean length %.0f tokens, max %d", len(ids), lengths.mean(), lengths.max())
@@ -211,7 +219,13 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
         raise ValueError(f"longest example has {lengths.max()} tokens, over max_position_embeddings="
                          f"{cfg.shape.max_position_embeddings}; raise it in ModelShape")
 
-    model = make_model(cfg, tokenizer)
+    if cfg.init_from is not None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, local_files_only=True)
+    else:
+        model = make_model(cfg, tokenizer)
+    model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -238,7 +252,6 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
         return [batches[k] for k in np.random.default_rng([cfg.seed, 4, epoch]).permutation(len(batches))]
 
     per_epoch = math.ceil(len(ids) / cfg.batch_size)
-    model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train-embedded")
     while step < cfg.steps:
         if (time.time() - t_start) / 60 > cfg.max_minutes:

@@ -1,0 +1,238 @@
+"""``thinkctl bench-overhead``: the wall-time cost of thinkctl's stopping hooks inside ``model.generate``.
+
+Times greedy ``generate`` with :class:`~thinkctl.stopping.BudgetForcing` + :class:`~thinkctl.stopping.HiddenStateTap`
++ :class:`~thinkctl.stopping.ProbeStopping` (a small linear predictor probed at every token) against plain
+``generate`` producing the same tokens: same prompts, fixed ``max_new_tokens``, runs interleaved, medians compared.
+It also checks that the memory the hooks hold does not grow with the generated length. A benchmark, not a test:
+figures go to the JSON file given with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+import tracemalloc
+from typing import Any
+
+import numpy as np
+
+from thinkctl.commands._common import add_model_argument, write_json
+
+NAME = "bench-overhead"
+HELP = "time generate with stopping hooks (budget forcing, hidden-state tap, probe) against plain generate"
+
+logger = logging.getLogger(__name__)
+
+#: The overhead the hooks are designed to stay under (hooked / plain median wall time).
+TARGET_RATIO = 1.05
+#: Calls of the tap's hook timed to estimate its cost per decoding step.
+TAP_HOOK_TIMING_CALLS = 200
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument("--json", required=True, metavar="OUT", help="write the results here")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (left-padded)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per run")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each variant, interleaved")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch decides)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and the probe's weights")
+
+
+def benchmark_prompts(n: int, seed: int) -> list[str]:
+    """``n`` arithmetic questions, deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(10, 100, size=(2, n))
+    return [f"What is {x} + {y}?" for x, y in zip(a.tolist(), b.tolist())]
+
+
+def _held_bytes(tap: Any) -> int:
+    return int(sum(t.untyped_storage().nbytes() for t in tap.latest.values()))
+
+
+def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tokens: int = 128,
+                     repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Time hooked against plain greedy ``generate`` on the same prompts.
+
+    Parameters
+    ----------
+    model : transformers causal LM
+    tokenizer : PreTrainedTokenizerBase
+    batch_size : int, default=8
+    max_new_tokens : int, default=128
+    repeats : int, default=5
+        Timed runs per variant (after one warm-up run each), interleaved plain / hooked.
+    seed : int, default=0
+
+    Returns
+    -------
+    dict
+        ``ratio`` (median hooked / median plain wall time), ``plain_s``, ``hooked_s`` (medians), the individual
+        runs, ``cpu_ratio`` (the same with process CPU time, less sensitive to other load on the machine),
+        ``processor_s_per_step`` (time inside the logits processor per decoding step), ``tap_hook_s_per_step``,
+        ``in_hook_fraction`` (time inside all hooks per step over the plain time per step: the overhead free of
+        the run-to-run noise of wall-clock ratios on a shared machine), ``same_tokens`` (both variants generated
+        identical sequences), token counts and memory figures:
+        ``tap_bytes_by_length`` (what the tap holds after generating that many tokens; constant when the tap keeps
+        only the newest position) and ``python_peak_bytes_by_length`` (tracemalloc peak of Python allocations
+        during a hooked run, which covers the hooks' per-row state).
+    """
+    import torch
+    from transformers import LogitsProcessorList
+
+    from thinkctl import __version__
+    from thinkctl.stopping import BudgetForcing, HiddenStateTap, ProbeStopping, build_inputs
+
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be at least 1")
+    inputs = build_inputs(tokenizer, benchmark_prompts(batch_size, seed), style="none")
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    prompt_len = inputs["input_ids"].shape[1]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+
+    hidden = int(model.config.hidden_size)
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(hidden, generator=gen) / hidden ** 0.5).to(device)
+    bias = torch.zeros((), device=device)
+
+    def predictor(h: torch.Tensor) -> torch.Tensor:  # a linear probe: sigmoid(h @ w + b), (B, hidden) -> (B,)
+        return torch.sigmoid(h @ weight + bias)
+
+    tap = HiddenStateTap(model, layers=(-1,))
+    try:
+        # threshold=None: probes every token but never stops, so both variants generate the same tokens;
+        # max_tokens above max_new_tokens and answer_on_eos=False: nothing is forced
+        probe = ProbeStopping(tap, predictor, threshold=None, every=1)
+        bf = BudgetForcing(tokenizer, max_tokens=max_new_tokens + 1, stop_rules=[probe], answer_on_eos=False)
+
+        def plain() -> torch.Tensor:
+            tap.remove()  # no hooks at all on the model
+            return model.generate(**inputs, **gen_kwargs)
+
+        def hooked() -> torch.Tensor:
+            tap.attach()
+            bf.reset()
+            tap.reset()
+            return model.generate(**inputs, logits_processor=LogitsProcessorList([bf]), **gen_kwargs)
+
+        def timed(fn: Any) -> tuple[float, float, torch.Tensor]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            with torch.inference_mode():
+                out = fn()
+            return time.perf_counter() - w0, time.process_time() - c0, out
+
+        timed(plain)
+        timed(hooked)  # warm-up
+        plain_runs, hooked_runs, plain_cpu, hooked_cpu = [], [], [], []
+        same = True
+        for _ in range(repeats):
+            wall, cpu, out_plain = timed(plain)
+            plain_runs.append(wall)
+            plain_cpu.append(cpu)
+            wall, cpu, out_hooked = timed(hooked)
+            hooked_runs.append(wall)
+            hooked_cpu.append(cpu)
+            same = same and out_plain.shape == out_hooked.shape and bool(torch.equal(out_plain, out_hooked))
+        probes = probe.probes.tolist()
+
+        # time spent inside the logits processor (BudgetForcing driving ProbeStopping), per decoding step
+        in_hook = [0.0, 0]
+
+        def timed_bf(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            result = bf(input_ids, scores)
+            in_hook[0] += time.perf_counter() - t0
+            in_hook[1] += 1
+            return result
+
+        tap.attach()
+        bf.reset()
+        with torch.inference_mode():
+            model.generate(**inputs, logits_processor=LogitsProcessorList([timed_bf]), **gen_kwargs)
+
+        tap_bytes: dict[str, int] = {}
+        py_peak: dict[str, int] = {}
+        # time inside the tap's forward hook, on a decoding-step-shaped output (B, 1, hidden)
+        hook = tap._layer_hook(tap.layers[0])
+        step_out = torch.zeros(batch_size, 1, hidden, device=device)
+        t0 = time.perf_counter()
+        for _ in range(TAP_HOOK_TIMING_CALLS):
+            hook(model, (), step_out)
+        tap_hook_s = (time.perf_counter() - t0) / TAP_HOOK_TIMING_CALLS * len(tap.layers)
+
+        tap.attach()
+        for length in sorted({max(1, max_new_tokens // 2), max_new_tokens}):
+            bf.reset()
+            tap.reset()
+            tracemalloc.start()
+            with torch.inference_mode():
+                model.generate(**inputs, logits_processor=LogitsProcessorList([bf]),
+                               **{**gen_kwargs, "max_new_tokens": length})
+            py_peak[str(length)] = int(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+            tap_bytes[str(length)] = _held_bytes(tap)
+    finally:
+        tap.remove()
+
+    plain_s, hooked_s = statistics.median(plain_runs), statistics.median(hooked_runs)
+    generated = int(out_plain.shape[1] - prompt_len)
+
+
+    return {
+        "ratio": hooked_s / plain_s,
+        "plain_s": plain_s,
+        "hooked_s": hooked_s,
+        "target_ratio": TARGET_RATIO,
+        "pair_ratio_median": statistics.median(h / p for h, p in zip(hooked_runs, plain_runs)),
+        "cpu_ratio": statistics.median(hooked_cpu) / statistics.median(plain_cpu),
+        "processor_s_per_step": in_hook[0] / max(1, in_hook[1]),
+        "tap_hook_s_per_step": tap_hook_s,
+        "plain_s_per_step": plain_s / max(1, generated),
+        "in_hook_fraction": (in_hook[0] / max(1, in_hook[1]) + tap_hook_s) / (plain_s / max(1, generated)),
+        "plain_runs_s": plain_runs,
+        "hooked_runs_s": hooked_runs,
+        "plain_cpu_s": plain_cpu,
+        "hooked_cpu_s": hooked_cpu,
+        "same_tokens": same,
+        "batch_size": batch_size,
+        "prompt_tokens": int(prompt_len),
+        "generated_tokens_per_row": generated,
+        "plain_tokens_per_s": batch_size * generated / plain_s,
+        "probes_per_row": probes,
+        "hooks": ["BudgetForcing", "HiddenStateTap(layers=(-1,))", "ProbeStopping(every=1, linear predictor)"],
+        "tap_bytes_by_length": tap_bytes,
+        "python_peak_bytes_by_length": py_peak,
+        "hidden_size": hidden,
+        "vocab_size": int(model.config.vocab_size),
+        "torch_threads": torch.get_num_threads(),
+        "thinkctl_version": __version__,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import thinkctl
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads={args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
+    model, tokenizer = thinkctl.load_model(args.model)
+    model.eval()
+    result = measure_overhead(model, tokenizer, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                              repeats=args.repeats, seed=args.seed)
+    result["config"] = {"model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                        "repeats": args.repeats, "threads": args.threads, "seed": args.seed}
+    path = write_json(args.json, result)
+    verdict = "within" if result["ratio"] <= TARGET_RATIO else "above"
+    print(f"hooked/plain = {result['ratio']:.3f} ({verdict} target {TARGET_RATIO}); "
+          f"time inside hooks = {100 * result['in_hook_fraction']:.1f}% of a plain step; "
+          f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
+          f"same tokens: {result['same_tokens']}; wrote {path}")
+    return 0

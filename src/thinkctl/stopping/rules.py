@@ -1,0 +1,612 @@
+"""Per-row decisions to end a row's thinking: probe confidence, answer consistency, token confidence, deadlines.
+
+Every rule is a :class:`StopRule`, usable in two ways:
+
+* **inside** :class:`~thinkctl.stopping.BudgetForcing` (``BudgetForcing(tokenizer, stop_rules=[rule])``): when the
+  rule fires for a row, BudgetForcing injects ``</think>`` + newline + answer prefix into that row, so the row ends
+  with an answer. BudgetForcing drives the rule once per decoding step with its own thinking-token counts, so the
+  order of hooks in the ``LogitsProcessorList`` does not matter. This is the usual way.
+* **alone** as a ``transformers`` ``StoppingCriteria`` (``stopping_criteria=StoppingCriteriaList([rule])``): rows for
+  which the rule fires finish at once, without a forced answer (DeepConf's early termination of low-confidence
+  traces, or Dynasor's stop where the probed answer is the output).
+
+A rule object holds the state of one generation at a time; use it in one of the two places, not both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from transformers import StoppingCriteria
+
+from thinkctl.stopping.tap import FINAL_NORM, HiddenStateTap
+from thinkctl.stopping.tracking import ThinkingTracker
+
+__all__ = [
+    "StopRule",
+    "ProbeStopping",
+    "AnswerConsistencyStopping",
+    "TokenConfidenceStopping",
+    "DeadlineStopping",
+    "delimiter_token_ids",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Dynasor probes the model's answer every 32 generated tokens (Fu et al. 2024, "Efficiently Serving LLM Reasoning
+#: Programs with Certaindex", probe-in-the-middle); thinkctl uses the same default interval for hidden-state probes.
+DEFAULT_PROBE_EVERY = 32
+#: Dynasor-CoT stops when the last 3 probed answers agree.
+DEFAULT_CONSISTENCY_K = 3
+#: DeepConf (Fu et al. 2025, "Deep Think with Confidence") averages token confidence over groups of 2048 tokens ...
+DEFAULT_CONFIDENCE_WINDOW = 2048
+#: ... and computes token confidence from the top-20 log-probabilities of each step.
+DEFAULT_CONFIDENCE_TOP_K = 20
+
+
+def delimiter_token_ids(tokenizer: Any, delimiters: Sequence[str | int]) -> list[int]:
+    """Ids of every vocabulary token whose text contains one of ``delimiters`` (ints are taken as ids).
+
+    Scans the vocabulary once (one ``batch_decode``), so ``"\\n"`` also matches ``".\\n"`` or ``"\\n\\n"`` tokens.
+
+    Raises
+    ------
+    ValueError
+        If a string delimiter is given without a tokenizer, or matches no token.
+    """
+    ids = {int(d) for d in delimiters if isinstance(d, (int, np.integer))}
+    texts = [d for d in delimiters if isinstance(d, str)]
+    if texts:
+        if tokenizer is None:
+            raise ValueError(f"delimiters={list(delimiters)!r} contains strings; pass tokenizer= to resolve them "
+                             "or give token ids")
+        vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
+        for d in texts:
+            if not d:
+                raise ValueError("delimiters contains an empty string; use e.g. delimiters=('\\n',)")
+            found = [i for i, t in enumerate(vocab) if d in t]
+            if not found:
+                raise ValueError(f"delimiter {d!r} appears in no token of this tokenizer; choose another delimiter")
+            ids.update(found)
+    return sorted(ids)
+
+
+class StopRule(StoppingCriteria):
+    """Base class of per-row decisions to end thinking (see the module docstring for the two ways to use one).
+
+    Subclasses implement :meth:`_decide`, returning the rows that fire at this step; the base class keeps the
+    decision sticky. Per-row bookkeeping is host-side Python (a few integers per row), as in
+    :class:`~thinkctl.stopping.ThinkingTracker`.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase, optional
+        Only needed when the rule is used alone as a ``StoppingCriteria`` and the model writes think markers: it
+        lets the rule count thinking tokens (and ignore rows that are answering). Without it, every generated token
+        counts.
+    think_start, think_end : str or None
+        Think markers (see :class:`~thinkctl.stopping.ThinkingTracker`).
+    """
+
+    def __init__(self, *, tokenizer: Any = None, think_start: str | None = "<think>",
+                 think_end: str | None = "</think>") -> None:
+        self._tracker = ThinkingTracker(tokenizer, think_start=think_start, think_end=think_end,
+                                        includes_new_token=True)
+        self._stop: list[bool] = []
+
+    @property
+    def stop(self) -> torch.Tensor:
+        """torch.BoolTensor of shape (B,): rows for which the rule has fired in the current generation."""
+        return torch.tensor(self._stop, dtype=torch.bool)
+
+    def begin(self, input_ids: torch.Tensor) -> None:
+        """Start a new generation for the batch in ``input_ids`` (shape (B, T)); resets per-row state."""
+        self._stop = [False] * input_ids.shape[0]
+        self._begin(input_ids)
+
+    def _begin(self, input_ids: torch.Tensor) -> None:
+        """Subclass hook: initialise per-row state."""
+
+    def update(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+               n_tokens: Sequence[int]) -> list[bool]:
+        """Decide for this step.
+
+        Parameters
+        ----------
+        input_ids : torch.LongTensor of shape (B, T)
+        scores : torch.FloatTensor of shape (B, vocab) or None
+            Next-token scores (inside BudgetForcing) or the scores of the newest token (alone, when ``generate``
+            returns scores).
+        thinking : sequence of bool, length B
+            Rows still thinking.
+        n_tokens : sequence of int, length B
+            Thinking tokens produced so far per row.
+
+        Returns
+        -------
+        list of bool, length B
+            Rows for which the rule has fired so far in this generation.
+        """
+        if len(self._stop) != input_ids.shape[0]:
+            self.begin(input_ids)
+        for r, fired in enumerate(self._decide(input_ids, scores, thinking, n_tokens)):
+            if fired:
+                self._stop[r] = True
+        return list(self._stop)
+
+    def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+                n_tokens: Sequence[int]) -> list[bool]:
+        raise NotImplementedError
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        """``StoppingCriteria`` interface: per-row "done" flags, shape (B,), bool, on the input's device."""
+        tracker = self._tracker
+        if tracker.update(input_ids):
+            self.begin(input_ids)
+        last = None
+        if isinstance(scores, torch.Tensor):
+            last = scores
+        elif isinstance(scores, (tuple, list)) and len(scores) > 0:
+            last = scores[-1]
+        stop = self.update(input_ids, last, tracker.thinking, tracker.think_tokens)
+        return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+
+    def reset(self) -> None:
+        """Forget the current generation (the next call starts a new one)."""
+        self._tracker.reset()
+        self._stop = []
+
+
+def _due(every: int | None, delimiter_ids: frozenset[int], input_ids: torch.Tensor, thinking: Sequence[bool],
+         n_tokens: Sequence[int], stop: Sequence[bool], min_tokens: int) -> list[bool]:
+    """Rows due for a probe: thinking, not stopped, past ``min_tokens``, and every ``every`` thinking tokens or
+    right after a delimiter token."""
+    newest = input_ids[:, -1].tolist() if delimiter_ids else None
+    due = []
+    for r, (th, n) in enumerate(zip(thinking, n_tokens)):
+        ok = th and not stop[r] and n > 0 and n >= min_tokens
+        ok = ok and ((every is not None and n % every == 0) or (newest is not None and newest[r] in delimiter_ids))
+        due.append(ok)
+    return due
+
+
+class ProbeStopping(StopRule):
+    """Stop a row's thinking once a confidence predictor on its hidden state reaches a threshold.
+
+    Every ``every`` thinking tokens (and/or right after a step delimiter such as ``"\\n"``), the newest hidden state
+    of the tapped layer, shape ``(B, hidden)``, goes to ``predictor``; a row fires when its predicted probability of
+    being right is ``>= threshold``. Give the rule to :class:`~thinkctl.stopping.BudgetForcing`
+    (``stop_rules=[probe]``) to force the answer when it fires; used alone as a ``StoppingCriteria`` it ends the row
+    without an answer.
+
+    Inside BudgetForcing the probed state is that of the newest token (the one the next token is predicted from);
+    alone, ``generate`` calls stopping criteria after appending a token but before the next forward pass, so the
+    state is one position older.
+
+    Parameters
+    ----------
+    tap : HiddenStateTap
+        Attached to the model that generates.
+    predictor : callable or estimator
+        Maps a float tensor of shape (B, hidden) to probabilities of shape (B,) (a tensor, array or list; a
+        (B, 2) output is read as ``[:, 1]``), e.g. a fitted ``HiddenStateProbe``. An estimator that is not callable
+        but has ``predict_proba`` (a scikit-learn pipeline with a calibrator) gets a numpy array instead.
+    threshold : float or None
+        Confidence at which a row stops, in [0, 1]. ``None`` (a risk-controlled threshold that cannot be met) never
+        stops but still records confidences.
+    every : int or None, default=32
+        Probe interval in thinking tokens (Dynasor's interval). ``None``: only at delimiters.
+    delimiters : sequence of str or int, optional
+        Also probe right after any token whose text contains one of these strings (needs ``tokenizer``) or
+        whose id is listed.
+    layer : int or "final_norm", optional
+        Tapped layer to read; may be omitted when the tap holds a single layer.
+    min_tokens : int, default=0
+        Never fire before this many thinking tokens.
+    tokenizer, think_start, think_end
+        See :class:`StopRule`.
+
+    Attributes
+    ----------
+    confidence : torch.FloatTensor of shape (B,)
+        Latest predicted confidence per row (NaN before the first probe).
+    probes : torch.LongTensor of shape (B,)
+        Number of probes per row.
+    stop : torch.BoolTensor of shape (B,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from thinkctl.stopping import HiddenStateTap, ProbeStopping
+    >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                      num_attention_heads=2, vocab_size=50))
+    >>> tap = HiddenStateTap(model, layers=(-1,))
+    >>> probe = ProbeStopping(tap, lambda h: torch.sigmoid(h.mean(dim=1)), threshold=0.9, every=8)
+    >>> probe.every, probe.layer
+    (8, 1)
+    >>> tap.remove()
+    """
+
+    def __init__(
+        self,
+        tap: HiddenStateTap,
+        predictor: Callable[[Any], Any],
+        threshold: float | None,
+        every: int | None = DEFAULT_PROBE_EVERY,
+        delimiters: Sequence[str | int] | None = None,
+        *,
+        layer: int | str | None = None,
+        min_tokens: int = 0,
+        tokenizer: Any = None,
+        think_start: str | None = "<think>",
+        think_end: str | None = "</think>",
+    ) -> None:
+        super().__init__(tokenizer=tokenizer, think_start=think_start, think_end=think_end)
+        if not isinstance(tap, HiddenStateTap):
+            raise ValueError(f"tap={tap!r} must be a HiddenStateTap attached to the generating model")
+        if not (callable(predictor) or hasattr(predictor, "predict_proba")):
+            raise ValueError(f"predictor={predictor!r} must be callable or have predict_proba")
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+            raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1], or None to never stop")
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise ValueError(f"every={every!r} must be a positive int, or None to probe only at delimiters")
+        if every is None and not delimiters:
+            raise ValueError("every=None and delimiters=None would never probe; set every=32 or delimiters=('\\n',)")
+        if not isinstance(min_tokens, int) or min_tokens < 0:
+            raise ValueError(f"min_tokens={min_tokens!r} must be a non-negative int")
+        if layer is None:
+            keys: list[int | str] = list(tap.layers) + ([FINAL_NORM] if tap.final_norm else [])
+            if len(keys) != 1:
+                raise ValueError(f"the tap holds {keys}; pass layer= to choose one")
+            layer = keys[0]
+        if layer != FINAL_NORM and (not isinstance(layer, int) or (layer % tap.n_layers) not in tap.layers):
+            raise ValueError(f"layer={layer!r} is not tapped (tapped: {list(tap.layers)}); add it to the tap's layers")
+        if layer == FINAL_NORM and not tap.final_norm:
+            raise ValueError(f"layer={layer!r} needs a tap built with final_norm=True")
+        self.tap = tap
+        self.predictor = predictor
+        self.threshold = threshold
+        self.every = every
+        self.layer = layer
+        self.min_tokens = min_tokens
+        self.delimiter_ids = delimiter_token_ids(tokenizer, delimiters) if delimiters else []
+        self._delims = frozenset(self.delimiter_ids)
+        self._confidence: list[float] = []
+        self._probes: list[int] = []
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """torch.FloatTensor of shape (B,): latest predicted confidence per row (NaN before its first probe)."""
+        return torch.tensor(self._confidence, dtype=torch.float32)
+
+    @property
+    def probes(self) -> torch.Tensor:
+        """torch.LongTensor of shape (B,): number of probes per row."""
+        return torch.tensor(self._probes, dtype=torch.long)
+
+    def _begin(self, input_ids: torch.Tensor) -> None:
+        b = input_ids.shape[0]
+        self._confidence = [math.nan] * b
+        self._probes = [0] * b
+
+    def predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Confidence for a batch of hidden states.
+
+        Parameters
+        ----------
+        hidden : torch.Tensor of shape (B, hidden)
+
+        Returns
+        -------
+        torch.FloatTensor of shape (B,), on ``hidden``'s device.
+        """
+        x = hidden if hidden.dtype == torch.float32 else hidden.float()
+        if callable(self.predictor):
+            out: Any = self.predictor(x)
+        else:  # an estimator that is not callable: scikit-learn's predict_proba on numpy
+            out = self.predictor.predict_proba(x.cpu().numpy())
+        p = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+        if p.device != hidden.device or p.dtype != torch.float32:
+            p = p.to(device=hidden.device, dtype=torch.float32)
+        if p.ndim == 2 and p.shape[1] == 2:
+            p = p[:, 1]
+        if p.ndim != 1:
+            p = p.reshape(-1)
+        if p.shape[0] != hidden.shape[0]:
+            raise ValueError(f"predictor returned {tuple(p.shape)} for {hidden.shape[0]} hidden states; "
+                             "it must map (B, hidden) to (B,) probabilities")
+        return p
+
+    def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+                n_tokens: Sequence[int]) -> list[bool]:
+        due = _due(self.every, self._delims, input_ids, thinking, n_tokens, self._stop, self.min_tokens)
+        if not any(due):
+            return due
+        hidden = self.tap.get(self.layer)  # (B, hidden)
+        if hidden.shape[0] != input_ids.shape[0]:
+            raise RuntimeError(f"the tap holds states for {hidden.shape[0]} rows but generate runs "
+                               f"{input_ids.shape[0]}; is the tap attached to the model that generates?")
+        conf = self.predict(hidden).tolist()
+        fire = []
+        for r, d in enumerate(due):
+            if d:
+                self._confidence[r] = conf[r]
+                self._probes[r] += 1
+            fire.append(d and self.threshold is not None and conf[r] >= self.threshold)
+        return fire
+
+
+class AnswerConsistencyStopping(StopRule):
+    """Stop a row when the answers probed from it agree k times in a row (Dynasor's probe-in-the-middle).
+
+    Every ``every`` thinking tokens, the row's text so far (prompt and generation, left padding removed, special
+    tokens kept) goes to ``answer_fn``, which returns the answer the model would give if stopped there (e.g.
+    :class:`~thinkctl.stopping.ForcedAnswerProber`, a short forced-answer generation). A row fires when its last
+    ``k`` probed answers are equal and not ``None`` (Fu et al. 2024/2025, "Efficiently Serving LLM Reasoning
+    Programs with Certaindex" / Dynasor-CoT).
+
+    Parameters
+    ----------
+    answer_fn : callable
+        ``answer_fn(text) -> answer`` or ``-> (answer, tokens_used)``; ``answer`` is a string or ``None`` (no answer
+        yet). ``tokens_used`` (prefill plus generated tokens of the probe) is added to :attr:`probe_tokens`.
+    tokenizer : PreTrainedTokenizerBase
+        Decodes the rows.
+    every : int, default=32
+        Probe interval in thinking tokens.
+    k : int, default=3
+        Number of consecutive agreeing answers needed.
+    min_tokens : int, default=0
+        Never probe before this many thinking tokens.
+    normalize : callable, optional
+        Applied to answers before comparing; default strips whitespace.
+    think_start, think_end
+        See :class:`StopRule`.
+
+    Attributes
+    ----------
+    history : list of list of (str or None)
+        Probed answers per row.
+    answers : list of (str or None)
+        The agreed answer of rows that fired (``None`` otherwise).
+    probe_tokens : torch.LongTensor of shape (B,)
+        Tokens the probes processed per row (counts as compute).
+    probes : torch.LongTensor of shape (B,)
+    """
+
+    def __init__(
+        self,
+        answer_fn: Callable[[str], Any],
+        tokenizer: Any,
+        every: int = DEFAULT_PROBE_EVERY,
+        k: int = DEFAULT_CONSISTENCY_K,
+        *,
+        min_tokens: int = 0,
+        normalize: Callable[[str], str] | None = None,
+        think_start: str | None = "<think>",
+        think_end: str | None = "</think>",
+    ) -> None:
+        if tokenizer is None:
+            raise ValueError("tokenizer=None; AnswerConsistencyStopping needs the tokenizer to decode rows")
+        super().__init__(tokenizer=tokenizer, think_start=think_start, think_end=think_end)
+        if not callable(answer_fn):
+            raise ValueError(f"answer_fn={answer_fn!r} must be callable: text -> answer or (answer, tokens)")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every={every!r} must be a positive int (Dynasor probes every 32 tokens)")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r} must be a positive int (Dynasor uses k=3)")
+        if not isinstance(min_tokens, int) or min_tokens < 0:
+            raise ValueError(f"min_tokens={min_tokens!r} must be a non-negative int")
+        self.answer_fn = answer_fn
+        self.tokenizer = tokenizer
+        self.every = every
+        self.k = k
+        self.min_tokens = min_tokens
+        self.normalize = normalize if normalize is not None else str.strip
+        self.history: list[list[str | None]] = []
+        self.answers: list[str | None] = []
+        self._probe_tokens: list[int] = []
+        self._probes: list[int] = []
+
+    @property
+    def probe_tokens(self) -> torch.Tensor:
+        """torch.LongTensor of shape (B,): tokens the probes processed per row (counts as compute)."""
+        return torch.tensor(self._probe_tokens, dtype=torch.long)
+
+    @property
+    def probes(self) -> torch.Tensor:
+        """torch.LongTensor of shape (B,): number of probes per row."""
+        return torch.tensor(self._probes, dtype=torch.long)
+
+    def _begin(self, input_ids: torch.Tensor) -> None:
+        b = input_ids.shape[0]
+        self.history = [[] for _ in range(b)]
+        self.answers = [None] * b
+        self._probe_tokens = [0] * b
+        self._probes = [0] * b
+
+    def _row_text(self, row: torch.Tensor) -> str:
+        pad = self.tokenizer.pad_token_id
+        ids = row.tolist()
+        start = 0
+        if pad is not None:
+            while start < len(ids) and ids[start] == pad:
+                start += 1
+        return self.tokenizer.decode(ids[start:], skip_special_tokens=False)
+
+    def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+                n_tokens: Sequence[int]) -> list[bool]:
+        due = _due(self.every, frozenset(), input_ids, thinking, n_tokens, self._stop, self.min_tokens)
+        fire = [False] * len(due)
+        for r in (i for i, d in enumerate(due) if d):
+            result = self.answer_fn(self._row_text(input_ids[r]))
+            answer, used = result if isinstance(result, tuple) else (result, 0)
+            answer = (self.normalize(answer) or None) if isinstance(answer, str) else None
+            self.history[r].append(answer)
+            self._probe_tokens[r] += int(used)
+            self._probes[r] += 1
+            last = self.history[r][-self.k:]
+            if len(last) == self.k and last[0] is not None and all(a == last[0] for a in last):
+                fire[r] = True
+                self.answers[r] = last[0]
+        return fire
+
+
+class TokenConfidenceStopping(StopRule):
+    """Stop a row when its sliding-window token confidence falls below a threshold (DeepConf online).
+
+    Token confidence at a step is the negative mean of the top-``top_k`` log-probabilities of the next-token
+    distribution (high = peaked = confident). The group confidence of a row is the mean token confidence over its
+    last ``window`` thinking tokens; the row fires when the group confidence is below ``threshold`` (Fu et al.
+    2025, "Deep Think with Confidence": the threshold comes from warm-up traces, e.g. a percentile of their lowest
+    group confidence, see :attr:`lowest_group_confidence`).
+
+    Needs the scores: inside BudgetForcing it gets them directly; alone as a ``StoppingCriteria``, call ``generate``
+    with ``output_scores=True, return_dict_in_generate=True``. Scores are those after ``generate``'s own
+    processors (temperature, top-k/top-p); filtered-out (``-inf``) entries are ignored in the mean.
+
+    Parameters
+    ----------
+    threshold : float
+        Group-confidence threshold (in nats; compare with :attr:`group_confidence` of warm-up runs).
+    window : int, default=2048
+        Group size in tokens (DeepConf).
+    top_k : int, default=20
+        Log-probabilities averaged per token (DeepConf).
+    min_tokens : int, optional
+        Do not fire before this many tokens are in the window; default ``window`` (only full groups, as DeepConf).
+    tokenizer, think_start, think_end
+        See :class:`StopRule`.
+
+    Attributes
+    ----------
+    group_confidence : torch.FloatTensor of shape (B,)
+        Current window mean per row (NaN before the first token).
+    lowest_group_confidence : torch.FloatTensor of shape (B,)
+        Lowest group confidence over full windows (``+inf`` until a window has ``min_tokens`` tokens).
+    """
+
+    def __init__(
+        self,
+        threshold: float,
+        window: int = DEFAULT_CONFIDENCE_WINDOW,
+        top_k: int = DEFAULT_CONFIDENCE_TOP_K,
+        *,
+        min_tokens: int | None = None,
+        tokenizer: Any = None,
+        think_start: str | None = "<think>",
+        think_end: str | None = "</think>",
+    ) -> None:
+        super().__init__(tokenizer=tokenizer, think_start=think_start, think_end=think_end)
+        if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ValueError(f"threshold={threshold!r} must be a finite float (a group confidence in nats)")
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window={window!r} must be a positive int (DeepConf uses 2048)")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k={top_k!r} must be a positive int (DeepConf uses 20)")
+        if min_tokens is None:
+            min_tokens = window
+        if not isinstance(min_tokens, int) or not 1 <= min_tokens <= window:
+            raise ValueError(f"min_tokens={min_tokens!r} must be an int in 1..window={window}")
+        self.threshold = float(threshold)
+        self.window = window
+        self.top_k = top_k
+        self.min_tokens = min_tokens
+        self._buf = torch.zeros(0, window)
+        self._sum = torch.zeros(0, dtype=torch.float64)
+        self._count = torch.zeros(0, dtype=torch.long)
+        self.group_confidence = torch.zeros(0)
+        self.lowest_group_confidence = torch.zeros(0)
+
+    def _begin(self, input_ids: torch.Tensor) -> None:
+        b, dev = input_ids.shape[0], input_ids.device
+        self._buf = torch.zeros(b, self.window, device=dev)
+        self._sum = torch.zeros(b, dtype=torch.float64, device=dev)
+        self._count = torch.zeros(b, dtype=torch.long, device=dev)
+        self.group_confidence = torch.full((b,), math.nan, device=dev)
+        self.lowest_group_confidence = torch.full((b,), math.inf, device=dev)
+
+    def token_confidence(self, scores: torch.Tensor) -> torch.Tensor:
+        """Negative mean top-k log-probability of each row's distribution.
+
+        Parameters
+        ----------
+        scores : torch.FloatTensor of shape (B, vocab)
+
+        Returns
+        -------
+        torch.FloatTensor of shape (B,)
+        """
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        top = logp.topk(min(self.top_k, logp.shape[-1]), dim=-1).values  # (B, k)
+        finite = torch.isfinite(top)
+        total = torch.where(finite, top, 0.0).sum(dim=-1)
+        return -total / finite.sum(dim=-1).clamp(min=1)
+
+    def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+                n_tokens: Sequence[int]) -> list[bool]:
+        if scores is None:
+            raise ValueError(
+                "TokenConfidenceStopping needs the scores: pass it to BudgetForcing(stop_rules=[...]), or call "
+                "generate(..., output_scores=True, return_dict_in_generate=True) when using it as a StoppingCriteria")
+        conf = self.token_confidence(scores)  # (B,)
+        upd = torch.tensor(list(thinking), dtype=torch.bool, device=conf.device)
+        pos = (self._count % self.window)[:, None]  # (B, 1)
+        old = self._buf.gather(1, pos).squeeze(1)
+        self._sum = self._sum + torch.where(upd, conf.double() - old.double(), 0.0)
+        self._buf = self._buf.scatter(1, pos, torch.where(upd, conf, old)[:, None])
+        self._count = self._count + upd.long()
+        filled = self._count.clamp(max=self.window)
+        mean = (self._sum / filled.clamp(min=1)).float()
+        self.group_confidence = torch.where(filled > 0, mean, self.group_confidence)
+        full = upd & (filled >= self.min_tokens)
+        self.lowest_group_confidence = torch.where(
+            full, torch.minimum(self.lowest_group_confidence, mean), self.lowest_group_confidence)
+        return (full & (mean < self.threshold)).tolist()
+
+
+class DeadlineStopping(StopRule):
+    """Stop every row once a wall-clock deadline has passed.
+
+    The clock starts at construction and restarts at :meth:`reset`. Inside BudgetForcing every thinking row then
+    gets its answer forced (a latency bound that still returns answers); alone it ends all rows.
+
+    Parameters
+    ----------
+    seconds : float
+        Time budget, > 0.
+    clock : callable, default=time.monotonic
+        Returns the current time in seconds (injectable for tests).
+
+    Attributes
+    ----------
+    started_at : float
+    """
+
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(tokenizer=None)
+        if not isinstance(seconds, (int, float)) or not seconds > 0 or not math.isfinite(seconds):
+            raise ValueError(f"seconds={seconds!r} must be a positive finite number of seconds")
+        self.seconds = float(seconds)
+        self.clock = clock
+        self.started_at = clock()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the clock started."""
+        return self.clock() - self.started_at
+
+    def reset(self) -> None:
+        """Restart the clock and forget the current generation."""
+        super().reset()
+        self.started_at = self.clock()
+
+    def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+                n_tokens: Sequence[int]) -> list[bool]:
+        return [self.elapsed >= self.seconds] * input_ids.shape[0]

@@ -1,0 +1,51 @@
+"""The bench-overhead command: its interface and the figures it writes (not its timings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+import thinkctl
+from thinkctl.cli import build_parser, main
+from thinkctl.commands import bench_overhead
+
+
+@pytest.fixture()
+def pad_is_eos(tok):
+    """A tokenizer whose pad is its EOS, so that the hooked run cannot differ from the plain one."""
+    t = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>", pad_token="<eos>",
+                                unk_token="<unk>", clean_up_tokenization_spaces=False)
+    t.chat_template = tok.chat_template
+    return t
+
+
+def test_command_is_discovered():
+    parser = build_parser()
+    args = parser.parse_args(["bench-overhead", "--json", "x.json"])
+    assert bench_overhead.NAME == "bench-overhead" and args._run is bench_overhead.run
+    assert args.model == "embedded" and args.repeats >= 1
+
+
+def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
+    model = make("llama", pad_is_eos, seed=5)
+    monkeypatch.setattr(thinkctl, "load_model", lambda spec: (model, pad_is_eos), raising=False)
+    out = tmp_path / "bench" / "overhead.json"
+    rc = main(["bench-overhead", "--model", "tiny", "--json", str(out), "--batch-size", "3",
+               "--max-new-tokens", "8", "--repeats", "2"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["ratio"] == pytest.approx(data["hooked_s"] / data["plain_s"])
+    assert len(data["plain_runs_s"]) == len(data["hooked_runs_s"]) == 2
+    assert data["same_tokens"] is True
+    assert data["probes_per_row"] == [7, 7, 7]  # every token after the first (probing every token)
+    # the tap holds one (B, hidden) float32 tensor whatever the generated length
+    assert data["tap_bytes_by_length"] == {"4": 3 * 32 * 4, "8": 3 * 32 * 4}
+    assert data["config"]["model"] == "tiny" and data["batch_size"] == 3
+    assert "hooked/plain" in capsys.readouterr().out
+
+
+def test_bad_sizes_raise(pad_is_eos, make):
+    with pytest.raises(ValueError, match="repeats=0"):
+        bench_overhead.measure_overhead(make("gpt2", pad_is_eos), pad_is_eos, repeats=0)
