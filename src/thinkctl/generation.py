@@ -96,12 +96,15 @@ def thinking_length(fmt: ReasoningFormat, tokenizer: Any, generated: Sequence[in
 def generate_from_prefixes(model: Any, prefixes: Sequence[Sequence[int]], *, pad_id: int,
                            eos_ids: Sequence[int], max_new_tokens: int, do_sample: bool = False,
                            temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
-                           seed: int = 0, progress: Any = None) -> list[list[int]]:
+                           seed: int = 0, progress: Any = None,
+                           cache_implementation: str | None = "static") -> list[list[int]]:
     """Generate continuations of token-id prefixes, in left-padded batches sorted by length.
 
     Returns the new tokens of each row, cut after the first EOS (the EOS is kept). Sampling is reproducible:
     each batch reseeds torch from ``(seed, batch index)``, and batches are formed deterministically.
-    ``progress`` is an optional callable taking the number of rows done.
+    ``progress`` is an optional callable taking the number of rows done. ``cache_implementation="static"``
+    preallocates the KV cache (on CPU, 2-3x faster than growing it step by step for long generations); models
+    that do not support it fall back to the default cache.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
@@ -123,7 +126,7 @@ def generate_from_prefixes(model: Any, prefixes: Sequence[Sequence[int]], *, pad
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
             torch.manual_seed(seed * 1_000_003 + b)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        gen = _generate(model, ids.to(device), mask.to(device), cache_implementation, kwargs)
         new = gen[:, width:].tolist()
         for r, i in enumerate(rows):
             seq = new[r]
@@ -135,3 +138,17 @@ def generate_from_prefixes(model: Any, prefixes: Sequence[Sequence[int]], *, pad
         if progress is not None:
             progress(len(rows))
     return out
+
+
+_STATIC_UNSUPPORTED: set[str] = set()
+
+
+def _generate(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: str | None, kwargs: dict[str, Any]) -> Any:
+    kind = type(model).__name__
+    if cache is not None and kind not in _STATIC_UNSUPPORTED:
+        try:
+            return model.generate(input_ids=ids, attention_mask=mask, cache_implementation=cache, **kwargs)
+        except (ValueError, TypeError, NotImplementedError, AttributeError) as exc:
+            logger.info("%s does not support cache_implementation=%r (%s); using the default cache", kind, cache, exc)
+            _STATIC_UNSUPPORTED.add(kind)
+    return model.generate(input_ids=ids, attention_mask=mask, **kwargs)

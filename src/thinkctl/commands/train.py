@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "train"
-HELP = "train predictors from traces into a bundle, with held-out AUROC and 95% intervals"
+HELP = "train predictors from traces into a bundle, with held-out AUROC and 95%% intervals"
 DESCRIPTION = __doc__
 
 
