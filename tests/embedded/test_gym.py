@@ -36,10 +36,15 @@ def test_report_has_every_measure_for_every_family(tiny_model):
         fam = rep["families"][name]
         assert fam["n_problems"] == 12
         assert set(fam["forced"]) == {str(f) for f in cfg.fractions}
+        voted = fam["targets"]["2_vote_gain_middle_levels_ge_0.05"]["levels"]
+        assert voted == ["3", "4"]
         for lvl in fam["levels"]:
             row = fam["by_level"][lvl]
-            assert {"greedy", "single_sample", "majority@2", "forced"} <= set(row)
-            assert row["single_sample"]["n"] == 2 * row["greedy"]["n"]
+            assert {"greedy", "forced"} <= set(row)
+            if lvl in voted:
+                assert row["single_sample"]["n"] == 2 * row["greedy"]["n"] and "majority@2" in row
+            else:
+                assert "single_sample" not in row
         t = fam["targets"]
         assert {"1_easiest_greedy_ge_0.90", "2_vote_gain_middle_levels_ge_0.05", "3_forced_accuracy_rises",
                 "4_overthinking_ge_0.30", "5_wait_effect"} <= set(t)
@@ -50,6 +55,8 @@ def test_report_has_every_measure_for_every_family(tiny_model):
 def test_bad_gym_config():
     with pytest.raises(ValueError, match="prompt_style"):
         GymConfig(prompt_style="chatty")
+    with pytest.raises(ValueError, match="vote_levels"):
+        GymConfig(vote_levels="some")
     with pytest.raises(ValueError, match="overthink_fraction"):
         GymConfig(overthink_fraction=0.3)
 

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1000, help="problem seed (never one used in training)")
     p.add_argument("--n", type=int, default=300, help="problems per task family, spread over its levels")
     p.add_argument("--samples", type=int, default=16, help="samples per problem for the majority vote")
+    p.add_argument("--vote-levels", choices=["middle", "all"], default="middle",
+                   help="levels on which to sample for the vote (the target reads the middle levels)")
     p.add_argument("--tasks", default="arith,modeq", help="comma-separated task families")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(GymConfig(), seed=args.seed, n=args.n, samples=args.samples,
                   tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                   temperature=args.temperature, max_new_tokens=max_new, batch_size=args.batch_size,
-                  prompt_style=style)
+                  prompt_style=style, vote_levels=args.vote_levels)
     t0 = time.time()
     model, tokenizer = load_model(args.model)
     report = gym_report(model, tokenizer, cfg, model_name=args.model, progress=not args.no_progress)

@@ -54,10 +54,13 @@ class GymConfig:
     batch_size: int = 64
     prompt_style: str = "native"                   # "native" (the task's prompt) or "instruct" (adds INSTRUCT_SUFFIX)
     wait_text: str = "Wait"
+    vote_levels: str = "middle"                   # "middle" (the target's levels, cheaper) or "all"
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.samples < 1:
             raise ValueError(f"n={self.n} and samples={self.samples} must be at least 1")
+        if self.vote_levels not in ("middle", "all"):
+            raise ValueError(f"vote_levels={self.vote_levels!r}; use 'middle' or 'all'")
         if self.prompt_style not in ("native", "instruct"):
             raise ValueError(f"prompt_style={self.prompt_style!r}; use 'native' or 'instruct'")
         if self.overthink_fraction not in self.fractions:
@@ -78,6 +81,14 @@ def _majority(answers: Sequence[str | None]) -> str | None:
         return None
     top = max(votes.values())
     return next(a for a in answers if a is not None and votes[a] == top)  # ties: earliest sample
+
+
+def _middle(levels: Sequence[Any]) -> list[Any]:
+    """The middle levels: the central two of an even count >= 4, else the central one."""
+    levels = list(levels)
+    if len(levels) >= 4 and len(levels) % 2 == 0:
+        return levels[len(levels) // 2 - 1: len(levels) // 2 + 1]
+    return [levels[len(levels) // 2]]
 
 
 def _right(task: Task, problem: Problem, answer: str | None) -> bool:
@@ -109,11 +120,16 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
     greedy_ok = [task.is_correct(p, t) for p, t in zip(problems, greedy_text)]
     think = [thinking_length(fmt, tokenizer, g) for g in greedy]
 
-    # 2. sampling and the vote
-    rep = [pref for pref in prefixes for _ in range(cfg.samples)]
+    # 2. sampling and the vote (on the middle levels only unless vote_levels="all")
+    all_levels = sorted({p.level for p in problems}, key=lambda v: (v is None, v))
+    voted_levels = set(all_levels if cfg.vote_levels == "all" else _middle(all_levels))
+    voted = [i for i, p in enumerate(problems) if p.level in voted_levels]
+    rep = [prefixes[i] for i in voted for _ in range(cfg.samples)]
     sampled = generate_from_prefixes(model, rep, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                                      temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, **gen_kw)
-    sample_answers = [task.extract_answer(decode(s)) for s in sampled]
+    sample_answers: dict[int, list[str | None]] = {
+        i: [task.extract_answer(decode(s)) for s in sampled[k * cfg.samples:(k + 1) * cfg.samples]]
+        for k, i in enumerate(voted)}
 
     # 3-4. forced answers at fractions of the natural thinking length
     forced_ok: dict[float, list[bool]] = {}
@@ -136,22 +152,21 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
     wait_changed = [task.extract_answer(a) != task.extract_answer(b) for a, b in zip(greedy_text, waited_full)]
     wait_checks = ["ok" in decode(w[:n]) or "no" in decode(w[:n]) for w, n in zip(waited, wait_extra)]
 
-    levels = sorted({p.level for p in problems}, key=lambda v: (v is None, v))
+    levels = all_levels
     by_level: dict[str, Any] = {}
     for lvl in levels:
         idx = [i for i, p in enumerate(problems) if p.level == lvl]
-        singles = [_right(task, problems[i], sample_answers[i * cfg.samples + s])
-                   for i in idx for s in range(cfg.samples)]
-        maj = [_right(task, problems[i], _majority(sample_answers[i * cfg.samples:(i + 1) * cfg.samples]))
-               for i in idx]
-        by_level[str(lvl)] = {
-            "greedy": _acc([greedy_ok[i] for i in idx]),
-            "single_sample": _acc(singles),
-            f"majority@{cfg.samples}": _acc(maj),
+        by_level[str(lvl)] = {"greedy": _acc([greedy_ok[i] for i in idx])}
+        if lvl in voted_levels:
+            by_level[str(lvl)]["single_sample"] = _acc([_right(task, problems[i], a)
+                                                        for i in idx for a in sample_answers[i]])
+            by_level[str(lvl)][f"majority@{cfg.samples}"] = _acc([_right(task, problems[i], _majority(sample_answers[i]))
+                                                                  for i in idx])
+        by_level[str(lvl)].update({
             "forced": {str(f): _acc([forced_ok[f][i] for i in idx]) for f in cfg.fractions},
             "thinking_tokens_mean": float(np.mean([think[i][0] for i in idx])),
             "thinking_closed": float(np.mean([think[i][1] for i in idx])),
-        }
+        })
     correct_idx = [i for i, ok in enumerate(greedy_ok) if ok]
     early = [forced_ok[cfg.overthink_fraction][i] for i in correct_idx]
     return {
@@ -182,7 +197,7 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
 def _targets(fam: dict[str, Any], samples: int) -> dict[str, Any]:
     levels = fam["levels"]
     easiest, hardest = fam["by_level"][levels[0]], fam["by_level"][levels[-1]]
-    mid = levels[len(levels) // 2 - 1: len(levels) // 2 + 1] if len(levels) >= 4 else levels[len(levels) // 2:][:1]
+    mid = _middle(levels)
     gains = {lvl: fam["by_level"][lvl][f"majority@{samples}"]["accuracy"] - fam["by_level"][lvl]["single_sample"]["accuracy"]
              for lvl in mid}
     f = fam["forced"]
@@ -210,7 +225,8 @@ def gym_report(model: Any, tokenizer: Any, cfg: GymConfig = GymConfig(), *, mode
     fmt = reasoning_format(tokenizer)
     tasks = [get_task(t) for t in cfg.tasks]
     per_family = sum(max(1, cfg.n // max(1, len(t.levels))) * max(1, len(t.levels)) for t in tasks)
-    total = per_family * (2 + cfg.samples + len(cfg.fractions))
+    vote_share = 1.0 if cfg.vote_levels == "all" else 2 / 6
+    total = int(per_family * (2 + cfg.samples * vote_share + len(cfg.fractions)))
     families: dict[str, Any] = {}
     with tqdm(total=total, disable=not progress, desc="gym-report", unit="gen") as bar:
         for task in tasks:
