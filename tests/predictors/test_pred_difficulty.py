@@ -142,7 +142,7 @@ def test_load_refuses_mismatches(tmp_path: Path, split, hidden_data) -> None:
     doc = json.loads(good)
     doc["kind"] = "HiddenStateProbe"
     doc_path.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="not a 'DifficultyModel'"):
+    with pytest.raises(ValueError, match="holds a 'HiddenStateProbe', expected 'DifficultyModel'"):
         DifficultyModel.load(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="save"):
         DifficultyModel.load(tmp_path / "nothing-here")
