@@ -1,1 +1,22 @@
-"""thinkctl.controller"""
+"""thinkctl.controller: decide per query how much a reasoning LM thinks, while it generates.
+
+:class:`AdaptiveController` routes each query by calibrated difficulty, thinks in doubling budgets continuing from
+the KV cache and stops once the calibrated confidence reaches the bundle's risk-controlled threshold, or samples in
+waves sharing one prefill and stops when the vote is settled; it honours a wall-clock deadline and always returns
+an answer. :data:`STRATEGIES` puts the baselines (``fixed@B``, ``sc@N``, ``esc``, ``asc``) behind the same interface.
+
+Examples
+--------
+>>> from thinkctl.controller import AdaptiveController, ControllerConfig  # doctest: +SKIP
+>>> cfg = ControllerConfig(deadline_s=30)  # doctest: +SKIP
+>>> controller = AdaptiveController.load("bundle/", model, tokenizer, cfg)  # doctest: +SKIP
+>>> results = controller.generate(prompts)  # answer, text, confidence, tokens, samples, strategy, trace  # doctest: +SKIP
+"""
+
+from thinkctl.controller.config import ControllerConfig
+from thinkctl.controller.core import AdaptiveController, ControllerResult
+from thinkctl.controller.predictors import HiddenStatePredictor, load_bundle_predictors
+from thinkctl.controller.strategies import STRATEGIES, get_strategy
+
+__all__ = ["AdaptiveController", "ControllerConfig", "ControllerResult", "HiddenStatePredictor",
+           "load_bundle_predictors", "STRATEGIES", "get_strategy"]

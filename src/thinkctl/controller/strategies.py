@@ -1,0 +1,97 @@
+"""Test-time strategies behind one interface: ``strategy(controller, prompts) -> list[ControllerResult]``.
+
+Names are ``base`` or ``base@param``: ``fixed@B`` (think greedily up to B tokens, then force the answer; s1's budget
+forcing without early stop), ``sc@N`` (self-consistency: N samples, majority vote), ``esc`` / ``asc`` (samples with
+the ESC / ASC stopping rules, up to ``config.max_samples``, or ``esc@N`` / ``asc@N``), ``adaptive`` (the controller's
+own routing). All share the controller's model, tokenizer, task, token cap and deadline, and count tokens the same
+way, so that they compare at matched compute.
+
+Examples
+--------
+>>> run = get_strategy("fixed@256")  # doctest: +SKIP
+>>> results = run(controller, prompts)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from thinkctl.controller.core import AdaptiveController, ControllerResult
+from thinkctl.eval.voting import BetaStopping, WindowUnanimityStopping
+from thinkctl.registry import Registry
+
+__all__ = ["STRATEGIES", "get_strategy", "Strategy"]
+
+#: A ready strategy: ``run(controller, prompts) -> list[ControllerResult]``.
+Strategy = Callable[[AdaptiveController, Sequence[str]], list[ControllerResult]]
+
+#: ``base name -> factory(param: int | None, name: str) -> Strategy``; ``param`` is the part after ``@``.
+STRATEGIES: Registry[Callable[[int | None, str], Strategy]] = Registry("strategy")
+
+
+def _need(param: int | None, name: str, what: str) -> int:
+    if param is None:
+        raise ValueError(f"strategy {name!r} needs a {what}, e.g. {name}@256")
+    return param
+
+
+@STRATEGIES.register("fixed")
+def _fixed(param: int | None, name: str) -> Strategy:
+    budget = _need(param, name, "thinking budget")
+
+    def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+        return controller.run_serial(prompts, budgets=[budget], use_confidence=False, name=name)
+
+    return run
+
+
+@STRATEGIES.register("sc")
+def _sc(param: int | None, name: str) -> Strategy:
+    n = _need(param, name, "number of samples")
+
+    def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+        return controller.run_parallel(prompts, stop_rule=False, max_samples=n, name=name)
+
+    return run
+
+
+def _rule_strategy(rule: Any) -> Callable[[int | None, str], Strategy]:
+    def factory(param: int | None, name: str) -> Strategy:
+        def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+            return controller.run_parallel(prompts, stop_rule=rule, max_samples=param, name=name)
+
+        return run
+
+    return factory
+
+
+STRATEGIES.add("esc", _rule_strategy(WindowUnanimityStopping()))
+STRATEGIES.add("asc", _rule_strategy(BetaStopping()))
+
+
+@STRATEGIES.register("adaptive")
+def _adaptive(param: int | None, name: str) -> Strategy:
+    if param is not None:
+        raise ValueError(f"strategy {name!r} takes no parameter; use 'adaptive' and set budgets in ControllerConfig")
+
+    def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+        return controller.generate(prompts)
+
+    return run
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy called ``name`` (``"fixed@256"``, ``"sc@8"``, ``"esc"``, ``"asc@20"``, ``"adaptive"``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"strategy name must be a non-empty string, got {name!r}")
+    base, sep, raw = name.partition("@")
+    factory = STRATEGIES.get(base)
+    param = None
+    if sep:
+        try:
+            param = int(raw)
+        except ValueError:
+            raise ValueError(f"strategy {name!r}: the part after '@' must be a positive integer, got {raw!r}") from None
+        if param < 1:
+            raise ValueError(f"strategy {name!r}: the part after '@' must be a positive integer, got {param}")
+    return factory(param, name)

@@ -1,0 +1,72 @@
+"""AdaptiveController.load: a bundle's probes, calibrator and stop threshold, checked against the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from thinkctl.calibration.calibrators import TemperatureScaler
+from thinkctl.controller import AdaptiveController, ControllerConfig
+from thinkctl.predictors.probe import HiddenStateProbe
+from controller_helpers import events
+
+CFG = ControllerConfig(token_cap=120, initial_budget=8, max_answer_tokens=4, easy_cap=40, max_samples=10,
+                       wave_size=5)
+
+
+def write_bundle(path, hidden, *, layer=1, threshold=0.7, record_hidden=True, difficulty=True):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, hidden)).astype("float32")
+    y = (X[:, 0] > 0).astype(int)
+    probe = HiddenStateProbe(model_name="tiny", layer=layer, max_epochs=3, random_state=0).fit(X, y)
+    probe.save(path / "confidence_probe")
+    TemperatureScaler().fit(probe.decision_function(X), y).save(path / "calibration" / "confidence.json")
+    if difficulty:
+        probe.save(path / "difficulty_probe")
+    meta = {"kind": "thinkctl-bundle", "confidence_layer": layer, "split": {"train": [], "calib": [], "test": []},
+            "model": {"name": "tiny", **({"hidden_size": hidden} if record_hidden else {})},
+            "calibration": {"confidence_calibrator": "temperature", "stop_threshold": threshold}}
+    (path / "bundle.json").write_text(json.dumps(meta))
+    return probe
+
+
+def test_load_wires_probe_calibrator_and_threshold(tmp_path, model, tok):
+    probe = write_bundle(tmp_path, 32)
+    c = AdaptiveController.load(tmp_path, model, tok, CFG)
+    assert c.confidence.threshold == 0.7 and c.confidence.layer == 1
+    assert c.difficulty is not None and c.config is CFG
+    h = torch.randn(3, 32)
+    expected = c.confidence.calibrator.predict_proba(probe.decision_function(h.numpy()))
+    np.testing.assert_allclose(c.confidence(h), expected, rtol=1e-6)
+    results = c.generate(["What is 2+3?", "hi"])
+    for r in results:
+        assert isinstance(r.answer, str) and 0.0 <= r.confidence <= 1.0
+        assert events(r, "route")[0]["p_solve"] is not None
+
+
+def test_threshold_falls_back_to_risk_control_json(tmp_path, model, tok):
+    write_bundle(tmp_path, 32, threshold=None, difficulty=False)
+    (tmp_path / "calibration" / "risk_control.json").write_text(json.dumps({"threshold": 0.66}))
+    c = AdaptiveController.load(tmp_path, model, tok)
+    assert c.confidence.threshold == 0.66 and c.difficulty is None
+
+
+@pytest.mark.parametrize("record_hidden", [True, False])
+def test_probe_of_another_model_is_refused(tmp_path, model, tok, record_hidden):
+    write_bundle(tmp_path, 16, record_hidden=record_hidden)
+    with pytest.raises(ValueError, match="hidden_size=32.*belongs to another model"):
+        AdaptiveController.load(tmp_path, model, tok)
+
+
+def test_bundle_layer_must_exist_in_the_model(tmp_path, model, tok):
+    write_bundle(tmp_path, 32, layer=7)
+    with pytest.raises(ValueError, match="layer=7 is out of range for a model with 2 layers"):
+        AdaptiveController.load(tmp_path, model, tok)
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path, model, tok):
+    with pytest.raises(FileNotFoundError, match="is not a bundle"):
+        AdaptiveController.load(tmp_path, model, tok)
