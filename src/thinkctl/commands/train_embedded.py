@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from a finished checkpoint (second stage; use a new --seed for fresh problems)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig.lr)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: TrainConfig.warmup_steps)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
     add_progress_argument(p)
 
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, n_problems=args.problems)
     if args.init_from is not None:
         cfg = replace(cfg, init_from=args.init_from)
+    if args.warmup is not None:
+        cfg = replace(cfg, warmup_steps=args.warmup)
     if args.lr is not None:
         cfg = replace(cfg, lr=args.lr)
     if args.minutes is not None:

@@ -67,9 +67,9 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    steps: int = 6000
+    steps: int = 2400
     max_minutes: float = 55.0          # hard wall-clock cap; the schedule is by steps
-    checkpoint_every: int = 500
+    checkpoint_every: int = 250
     threads: int = 2
     shape: ModelShape = field(default_factory=ModelShape)
     style: TraceStyle = field(default_factory=TraceStyle)
