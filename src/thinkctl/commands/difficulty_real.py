@@ -18,7 +18,6 @@ only (mean Spearman); the held-out split is used once, for the final numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from thinkctl.commands._common import write_json
+from thinkctl.jsonl import iter_jsonl
 
 NAME = "difficulty-real"
 HELP = "train a DifficultyModel on real MATH problem text (level target) and compare it with a length baseline"
@@ -120,24 +120,17 @@ def load_math_rows(path: Path) -> tuple[list[dict[str, Any]], np.ndarray, dict[s
     levels: list[int] = []
     skipped = 0
     sources: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({exc})") from exc
-            diff = row.get("difficulty") or {}
-            level, question = diff.get("value"), row.get("question")
-            if not isinstance(question, str) or isinstance(level, bool) or not isinstance(level, (int, float)):
-                skipped += 1
-                continue
-            subject = (row.get("meta") or {}).get("subject")
-            items.append({"prompt": question, "features": {"subject": subject} if subject else {}})
-            levels.append(int(level))
-            if row.get("source"):
-                sources.add(str(row["source"]))
+    for _, row in iter_jsonl(path):
+        diff = row.get("difficulty") or {}
+        level, question = diff.get("value"), row.get("question")
+        if not isinstance(question, str) or isinstance(level, bool) or not isinstance(level, (int, float)):
+            skipped += 1
+            continue
+        subject = (row.get("meta") or {}).get("subject")
+        items.append({"prompt": question, "features": {"subject": subject} if subject else {}})
+        levels.append(int(level))
+        if row.get("source"):
+            sources.add(str(row["source"]))
     if len(items) < MIN_PROBLEMS:
         raise ValueError(f"{path} holds {len(items)} problems with a question and a difficulty level; need at least "
                          f"{MIN_PROBLEMS}")

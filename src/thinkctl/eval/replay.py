@@ -57,6 +57,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from thinkctl.jsonl import iter_jsonl
 from thinkctl.eval.voting import (
     ADAPTIVE_ALPHA,
     ADAPTIVE_MIN_SAMPLES,
@@ -224,23 +225,13 @@ def load_replay(path: str | os.PathLike[str]) -> ReplayData:
     if not path.is_file():
         raise FileNotFoundError(f"replay file {str(path)!r} not found; pass a JSONL file with one problem per line "
                                 "(see ../shared/data/README.md)")
-    raw = path.read_bytes()
     problems: list[ReplayProblem] = []
     meta: dict[str, Any] = {}
     token_sources = {s: 0 for s in TOKEN_SOURCES}
     n_tokens_missing = 0
     n_score = n_verif = 0
-    for lineno, text in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
+    for lineno, row in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
-                             "JSON object") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
         samples = row.get("samples")
         if not isinstance(samples, list) or not samples:
             got = "nothing" if samples is None else ("an empty list" if samples == [] else type(samples).__name__)
@@ -316,7 +307,7 @@ def load_replay(path: str | os.PathLike[str]) -> ReplayData:
     return ReplayData(path=str(path), problems=problems, meta=meta, token_sources=token_sources,
                       n_tokens_missing=n_tokens_missing, score_kind=score_kind,
                       n_samples_scored=n_score if n_score else n_verif,
-                      sha256=hashlib.sha256(raw).hexdigest())
+                      sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 # ----------------------------------------------------------------------------------------------------------------

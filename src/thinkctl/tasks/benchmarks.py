@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from thinkctl.jsonl import iter_jsonl
 from thinkctl.tasks.base import Problem, Task, answer_section
 
 __all__ = [
@@ -241,35 +242,27 @@ def load_problems(path: str | os.PathLike[str], *, instruction: str | None = DEF
                                 f"problem schema (see find_data_dir() and ${DATA_ENV_VAR})")
     problems: list[Problem] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in ("dataset", "id", "question", "answer") if k not in row or row[k] is None]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; the problem schema needs "
-                                 f"dataset, id, question and answer")
-            pid = f"{row['dataset']}-{row['id']}"
-            if pid in seen:
-                raise ValueError(f"{path}:{lineno}: problem id {pid!r} appears twice; ids must be unique per file")
-            seen.add(pid)
-            question = str(row["question"])
-            prompt = f"{question}\n{instruction}" if instruction else question
-            gold = str(row["answer"]).strip()
-            solution = row.get("solution")
-            if gold_from_solution and isinstance(solution, str) and "\\boxed" not in question:
-                boxed = _last_boxed(solution)
-                if boxed is not None and boxed.strip():
-                    gold = boxed
-            gold = canonical_answer(gold, numeric=numeric) or gold
-            problems.append(Problem(id=pid, prompt=prompt, answer=gold,
-                                    level=_level_of(row.get("difficulty")), features=_query_features(row)))
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        missing = [k for k in ("dataset", "id", "question", "answer") if k not in row or row[k] is None]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}; the problem schema needs "
+                             f"dataset, id, question and answer")
+        pid = f"{row['dataset']}-{row['id']}"
+        if pid in seen:
+            raise ValueError(f"{where}: problem id {pid!r} appears twice; ids must be unique per file")
+        seen.add(pid)
+        question = str(row["question"])
+        prompt = f"{question}\n{instruction}" if instruction else question
+        gold = str(row["answer"]).strip()
+        solution = row.get("solution")
+        if gold_from_solution and isinstance(solution, str) and "\\boxed" not in question:
+            boxed = _last_boxed(solution)
+            if boxed is not None and boxed.strip():
+                gold = boxed
+        gold = canonical_answer(gold, numeric=numeric) or gold
+        problems.append(Problem(id=pid, prompt=prompt, answer=gold,
+                                level=_level_of(row.get("difficulty")), features=_query_features(row)))
     return problems
 
 
