@@ -240,7 +240,6 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
         logger.info("resumed at step %d", step)
 
     # Batches of similar lengths waste less compute on padding: sort each chunk of 64 batches by length.
-    rng = np.random.default_rng([cfg.seed, 2])
     def batch_order(epoch: int) -> list[np.ndarray]:
         perm = np.random.default_rng([cfg.seed, 3, epoch]).permutation(len(ids))
         chunk = cfg.batch_size * 64
@@ -283,7 +282,6 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
             os.replace(resume / "state.tmp", resume / "state.pt")
             (resume / "history.json").write_text(json.dumps(history))
     bar.close()
-    del rng
 
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
