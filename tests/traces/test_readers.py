@@ -242,3 +242,26 @@ def test_missing_empty_and_unknown(tmp_path):
     _write(tmp_path / "data" / "replay" / "r.jsonl", [_replay_row()])
     assert [p.name for p in recorded_files(data_dir=tmp_path / "data")] == ["r.jsonl", "s.jsonl"]
     assert [p.name for p in recorded_files("steps", data_dir=tmp_path / "data")] == ["s.jsonl"]
+
+
+@needs_data
+def test_difficulty_model_learns_from_a_recorded_file():
+    """What difficulty_data returns is what DifficultyModel fits on; held-out problems rank far above chance."""
+    from thinkctl.calibration import auroc
+    from thinkctl.predictors import DifficultyModel, grouped_train_test_split
+
+    queries, solve, weight = read_steps(DATA / "steps" / "bbmistake_palm2.jsonl").difficulty_data()
+    train, test = grouped_train_test_split(np.arange(len(queries)), test_size=0.3, seed=0)
+    dm = DifficultyModel(target="solve", n_estimators=50).fit([queries[i] for i in train], solve[train],
+                                                                sample_weight=weight[train])
+    p = dm.predict_proba([queries[i] for i in test])
+    assert p.shape == (len(test),) and auroc(solve[test].astype(int), p) > 0.75
+
+
+def test_module_examples_run():
+    import doctest
+
+    import thinkctl.traces.readers as readers
+
+    result = doctest.testmod(readers, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
