@@ -1,7 +1,8 @@
 """The notebooks run top to bottom on a fresh kernel and produce what they claim (read back from their results.json).
 
-The kernel is this interpreter (``sys.executable``), through a kernelspec written to a temporary folder: a ``python3``
-kernelspec found on the machine may point at another Python that lacks thinkctl. Each notebook runs in its own
+Both run in CI (``slow`` tests are not deselected there). The kernel is this interpreter (``sys.executable``), through
+a kernelspec written to a temporary folder: a ``python3`` kernelspec found on the machine may point at another Python
+that lacks thinkctl (the one pip installs into the venv runs plain ``python`` from PATH). Each notebook runs in its own
 temporary working directory, with ``TMPDIR`` there too, so nothing is left behind.
 """
 
@@ -13,18 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nbclient  # the dev extra installs nbclient, nbformat and ipykernel: CI must run these, never skip them
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the dev extra (pip install -e .[dev])")
-nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the dev extra (pip install -e .[dev])")
-pytest.importorskip("ipykernel", reason="the notebook tests need the dev extra (pip install -e .[dev])")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL_NAME = "thinkctl-test-python"
-#: Per-cell limit; each notebook takes one to two minutes on two cores, the slowest cell (collection) under one.
+#: Per-cell limit, far above need: each notebook takes one to two minutes on two cores (its collection cell most of it).
 CELL_TIMEOUT_S = 900
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +86,7 @@ def test_parameters_come_first():
         assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name} is committed with outputs"
 
 
+@pytest.mark.slow
 def test_collect_and_train_notebook(tmp_path, kernel_dir, monkeypatch):
     nb = _execute("01_collect_and_train.ipynb", tmp_path, kernel_dir, monkeypatch)
     res = json.loads((tmp_path / "runs" / "notebook01" / "results.json").read_text())
@@ -121,6 +119,7 @@ def test_collect_and_train_notebook(tmp_path, kernel_dir, monkeypatch):
     assert f"{auc:.3f}" in text and "raised ValueError" in text
 
 
+@pytest.mark.slow
 def test_calibration_report_notebook(tmp_path, kernel_dir, monkeypatch):
     nb = _execute("02_calibration_report.ipynb", tmp_path, kernel_dir, monkeypatch)
     out = tmp_path / "runs" / "notebook02"
