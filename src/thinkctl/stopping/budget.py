@@ -9,6 +9,7 @@ answers, a deadline) the same way, so every forced stop yields an extractable an
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable, Sequence
 
@@ -344,65 +345,83 @@ class BudgetForcing(LogitsProcessor):
         b = input_ids.shape[0]
         tails = tracker.tails(input_ids)  # the one device-to-host copy of the step
         new = tracker.update(input_ids, tails)
+        f_seq, forced_answer = self._f_seq, self._forced_answer
         if new:
             self._init_state(b)
+            f_seq, forced_answer = self._f_seq, self._forced_answer
             for rule in self.stop_rules:
                 rule.begin(input_ids)
-        else:
+        elif f_seq.count(_NONE) != b or True in forced_answer:  # nothing to account for on a free step
             self._advance(tails)
 
+        # Each section below touches rows one by one only when one of them can act; on the usual step (every row
+        # free, no rule firing, no budget reached) the whole call is a few list scans and one tensor addition.
         phase, n = tracker.phase, tracker.think_tokens
-        thinking = [p == tracker.THINKING and not c for p, c in zip(phase, self._closed)]
-        active = [p != tracker.DONE for p in phase]
+        thinking_phase = tracker.THINKING
+        if True in self._closed:
+            thinking = [p == thinking_phase and not c for p, c in zip(phase, self._closed)]
+        else:
+            thinking = [p == thinking_phase for p in phase]
 
         # 1. forced stops: the max budget first, then stop rules (honoured from min_tokens on)
-        if self.max_tokens is not None:
+        if self.max_tokens is not None and max(n) >= self.max_tokens:
             for r in range(b):
-                if thinking[r] and self._f_seq[r] != _STOP and n[r] >= self.max_tokens:
+                if thinking[r] and f_seq[r] != _STOP and n[r] >= self.max_tokens:
                     self._force(r, _STOP, _REASON_MAX, n[r])
+        newest = [t[-1] for t in tails] if self.stop_rules else None
         for i, rule in enumerate(self.stop_rules):
-            fired = rule.update(input_ids, scores, thinking, n)
-            for r in range(b):
-                if fired[r] and thinking[r] and self._f_seq[r] != _STOP and n[r] >= self.min_tokens:
-                    self._force(r, _STOP, _REASON_RULE + i, n[r])
+            fired = rule.update(input_ids, scores, thinking, n, newest=newest)
+            if True in fired:
+                for r in range(b):
+                    if fired[r] and thinking[r] and f_seq[r] != _STOP and n[r] >= self.min_tokens:
+                        self._force(r, _STOP, _REASON_RULE + i, n[r])
 
         # 2. bounded forced answers: EOS after max_answer_tokens free tokens
-        for r in range(b):
-            if (self._forced_answer[r] and active[r] and self._f_seq[r] == _NONE
-                    and self._answer_free[r] >= self.max_answer_tokens):
-                self._force(r, _EOS)
+        done_phase = tracker.DONE
+        any_answer = True in forced_answer
+        if any_answer:
+            for r in range(b):
+                if (forced_answer[r] and phase[r] != done_phase and f_seq[r] == _NONE
+                        and self._answer_free[r] >= self.max_answer_tokens):
+                    self._force(r, _EOS)
 
         # 3. a row that tries to stop thinking (wait_trigger): below min_tokens it gets the continuation; at or
         #    above it, EOS ends thinking with a forced answer instead (answer_on_eos)
         bans: dict[int, list[int]] = {}
-        idle = [thinking[r] and self._f_seq[r] == _NONE for r in range(b)]
-        rows = [r for r in range(b) if idle[r] and (n[r] < self.min_tokens or self.answer_on_eos)]
-        if rows:
-            ends: list[list[int]] = []
-            for r in rows:
-                e = list(self._eos_ids)
-                if n[r] < self.min_tokens:
-                    e += [t for t in tracker.completing_tokens(tails[r]) if t not in e]
-                ends.append(e)
-            fires = self._trigger(scores, rows, ends, self.generator)
-            for r, e, fire in zip(rows, ends, fires):
-                if not fire:
-                    bans[r] = e
-                elif n[r] < self.min_tokens:
-                    self._force(r, _WAIT)
-                    self._waits[r] += 1
-                else:
-                    self._force(r, _STOP, _REASON_EOS, n[r])
+        if self.answer_on_eos or (self.min_tokens > 0 and min(n) < self.min_tokens):
+            rows = [r for r in range(b) if thinking[r] and f_seq[r] == _NONE
+                    and (n[r] < self.min_tokens or self.answer_on_eos)]
+            if rows:
+                ends: list[list[int]] = []
+                for r in rows:
+                    e = list(self._eos_ids)
+                    if n[r] < self.min_tokens:
+                        e += [t for t in tracker.completing_tokens(tails[r]) if t not in e]
+                    ends.append(e)
+                fires = self._trigger(scores, rows, ends, self.generator)
+                for r, e, fire in zip(rows, ends, fires):
+                    if not fire:
+                        bans[r] = e
+                    elif n[r] < self.min_tokens:
+                        self._force(r, _WAIT)
+                        self._waits[r] += 1
+                    else:
+                        self._force(r, _STOP, _REASON_EOS, n[r])
 
         # 4. the first token of a forced answer must have content
-        for r in range(b):
-            if active[r] and self._f_seq[r] == _NONE and self._forced_answer[r] and self._answer_free[r] == 0:
-                bans.setdefault(r, []).extend(self._first_ban)
+        if any_answer:
+            for r in range(b):
+                if (phase[r] != done_phase and f_seq[r] == _NONE and forced_answer[r]
+                        and self._answer_free[r] == 0):
+                    bans.setdefault(r, []).extend(self._first_ban)
 
         # 5. apply. Padding is never generated (banned in every row: generate overwrites finished rows anyway).
         #    The usual step bans the same tokens in every row: one addition of a cached (vocab,) vector of 0 / -inf
         #    then makes the new scores; otherwise per-row bans are grouped by token set. Forced rows last.
-        forced_rows = [r for r in range(b) if self._f_seq[r] != _NONE]
+        any_forced = f_seq.count(_NONE) != b
+        if not bans and not any_forced:
+            return scores if self._pad is None else scores + self._ban_vector((self._pad,), scores)
+        forced_rows = [r for r in range(b) if f_seq[r] != _NONE] if any_forced else []
         if self._pad is not None:
             for r in range(b):
                 bans.setdefault(r, []).append(self._pad)
@@ -423,12 +442,12 @@ class BudgetForcing(LogitsProcessor):
                 else:
                     out[torch.tensor(rows, dtype=torch.long, device=dev)[:, None], cols[None, :]] = float("-inf")
         if forced_rows:
-            tokens = [self._seqs[self._f_seq[r]][self._f_pos[r]] for r in forced_rows]
+            tokens = [self._seqs[f_seq[r]][self._f_pos[r]] for r in forced_rows]
             fr = torch.tensor(forced_rows, dtype=torch.long, device=dev)
             out[fr] = float("-inf")
             out[fr, torch.tensor(tokens, dtype=torch.long, device=dev)] = 0.0
             for r in forced_rows:
-                if active[r]:
+                if phase[r] != done_phase:
                     self._forced[r] += 1
         return out
 
@@ -436,3 +455,8 @@ class BudgetForcing(LogitsProcessor):
         return (f"BudgetForcing(min_tokens={self.min_tokens}, max_tokens={self.max_tokens}, "
                 f"wait_text={self.wait_text!r}, answer_text={self.answer_text!r}, think_end={self.think_end!r}, "
                 f"max_answer_tokens={self.max_answer_tokens}, stop_rules={self.stop_rules!r})")
+
+
+# transformers' LogitsProcessorList calls inspect.signature(processor.__call__) at every decoding step; giving the
+# function the __signature__ inspect would compute anyway (PEP 362) makes that lookup about three times cheaper.
+BudgetForcing.__call__.__signature__ = inspect.signature(BudgetForcing.__call__)  # type: ignore[attr-defined]

@@ -98,6 +98,7 @@ class StopRule(StoppingCriteria):
         self._tracker = ThinkingTracker(tokenizer, think_start=think_start, think_end=think_end,
                                         includes_new_token=True)
         self._stop: list[bool] = []
+        self._newest: Sequence[int] | None = None
 
     @property
     def stop(self) -> torch.Tensor:
@@ -113,7 +114,7 @@ class StopRule(StoppingCriteria):
         """Subclass hook: initialise per-row state."""
 
     def update(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
-               n_tokens: Sequence[int]) -> list[bool]:
+               n_tokens: Sequence[int], *, newest: Sequence[int] | None = None) -> list[bool]:
         """Decide for this step.
 
         Parameters
@@ -126,6 +127,9 @@ class StopRule(StoppingCriteria):
             Rows still thinking.
         n_tokens : sequence of int, length B
             Thinking tokens produced so far per row.
+        newest : sequence of int, length B, optional
+            ``input_ids[:, -1]`` already on the host (BudgetForcing and the ``StoppingCriteria`` interface pass it,
+            so a rule that reads the newest token does not copy it from the device again).
 
         Returns
         -------
@@ -134,10 +138,18 @@ class StopRule(StoppingCriteria):
         """
         if len(self._stop) != input_ids.shape[0]:
             self.begin(input_ids)
-        for r, fired in enumerate(self._decide(input_ids, scores, thinking, n_tokens)):
-            if fired:
-                self._stop[r] = True
+        self._newest = newest
+        fired = self._decide(input_ids, scores, thinking, n_tokens)
+        if True in fired:
+            stop = self._stop
+            for r, f in enumerate(fired):
+                if f:
+                    stop[r] = True
         return list(self._stop)
+
+    def _newest_tokens(self, input_ids: torch.Tensor) -> Sequence[int]:
+        """The newest token of every row: the one given to :meth:`update`, else copied from ``input_ids``."""
+        return self._newest if self._newest is not None else input_ids[:, -1].tolist()
 
     def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
                 n_tokens: Sequence[int]) -> list[bool]:
@@ -153,7 +165,7 @@ class StopRule(StoppingCriteria):
             last = scores
         elif isinstance(scores, (tuple, list)) and len(scores) > 0:
             last = scores[-1]
-        stop = self.update(input_ids, last, tracker.thinking, tracker.think_tokens)
+        stop = self.update(input_ids, last, tracker.thinking, tracker.think_tokens, newest=tracker.newest_tokens)
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
     def reset(self) -> None:
@@ -162,17 +174,16 @@ class StopRule(StoppingCriteria):
         self._stop = []
 
 
-def _due(every: int | None, delimiter_ids: frozenset[int], input_ids: torch.Tensor, thinking: Sequence[bool],
-         n_tokens: Sequence[int], stop: Sequence[bool], min_tokens: int) -> list[bool]:
-    """Rows due for a probe: thinking, not stopped, past ``min_tokens``, and every ``every`` thinking tokens or
-    right after a delimiter token."""
-    newest = input_ids[:, -1].tolist() if delimiter_ids else None
-    due = []
-    for r, (th, n) in enumerate(zip(thinking, n_tokens)):
-        ok = th and not stop[r] and n > 0 and n >= min_tokens
-        ok = ok and ((every is not None and n % every == 0) or (newest is not None and newest[r] in delimiter_ids))
-        due.append(ok)
-    return due
+def _due(n_tokens: Sequence[int], thinking: Sequence[bool], stop: Sequence[bool], *, min_tokens: int,
+         every: int | None = None, delimiter_ids: frozenset[int] = frozenset(),
+         newest: Sequence[int] | None = None) -> list[int]:
+    """Rows due for a probe: thinking, not stopped, past ``min_tokens`` (and past 0), and at a multiple of
+    ``every`` thinking tokens or right after a delimiter token (``newest`` holds each row's newest token)."""
+    lo = max(1, min_tokens)
+    return [r for r, (th, n) in enumerate(zip(thinking, n_tokens))
+            if th and n >= lo and not stop[r]
+            and ((every is not None and n % every == 0)
+                 or (newest is not None and newest[r] in delimiter_ids))]
 
 
 class ProbeStopping(StopRule):
@@ -325,20 +336,25 @@ class ProbeStopping(StopRule):
 
     def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
                 n_tokens: Sequence[int]) -> list[bool]:
-        due = _due(self.every, self._delims, input_ids, thinking, n_tokens, self._stop, self.min_tokens)
-        if not any(due):
-            return due
+        b = input_ids.shape[0]
+        fire = [False] * b
+        newest = self._newest_tokens(input_ids) if self._delims else None
+        due = _due(n_tokens, thinking, self._stop, min_tokens=self.min_tokens, every=self.every,
+                   delimiter_ids=self._delims, newest=newest)
+        if not due:
+            return fire
         hidden = self.tap.get(self.layer)  # (B, hidden)
-        if hidden.shape[0] != input_ids.shape[0]:
+        if hidden.shape[0] != b:
             raise RuntimeError(f"the tap holds states for {hidden.shape[0]} rows but generate runs "
-                               f"{input_ids.shape[0]}; is the tap attached to the model that generates?")
-        conf = self.predict(hidden).tolist()
-        fire = []
-        for r, d in enumerate(due):
-            if d:
-                self._confidence[r] = conf[r]
-                self._probes[r] += 1
-            fire.append(d and self.threshold is not None and conf[r] >= self.threshold)
+                               f"{b}; is the tap attached to the model that generates?")
+        conf = self.predict(hidden).tolist()  # the one device-to-host copy, on probe steps only
+        threshold = self.threshold
+        for r in due:
+            c = conf[r]
+            self._confidence[r] = c
+            self._probes[r] += 1
+            if threshold is not None and c >= threshold:
+                fire[r] = True
         return fire
 
 
@@ -442,9 +458,8 @@ class AnswerConsistencyStopping(StopRule):
 
     def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
                 n_tokens: Sequence[int]) -> list[bool]:
-        due = _due(self.every, frozenset(), input_ids, thinking, n_tokens, self._stop, self.min_tokens)
-        fire = [False] * len(due)
-        for r in (i for i, d in enumerate(due) if d):
+        fire = [False] * input_ids.shape[0]
+        for r in _due(n_tokens, thinking, self._stop, min_tokens=self.min_tokens, every=self.every):
             result = self.answer_fn(self._row_text(input_ids[r]))
             answer, used = result if isinstance(result, tuple) else (result, 0)
             answer = (self.normalize(answer) or None) if isinstance(answer, str) else None

@@ -86,8 +86,11 @@ def _newest(output: Any) -> torch.Tensor:
     hidden = output[0] if isinstance(output, (tuple, list)) else output
     if not isinstance(hidden, torch.Tensor):  # ModelOutput-like
         hidden = hidden[0]
+    last = hidden.select(1, -1)  # (B, hidden)
+    if last.requires_grad:  # generate runs without autograd; a direct forward pass with it keeps no graph here
+        last = last.detach()
     # clone: a view would keep the whole (B, T, hidden) prefill activation alive
-    return hidden[:, -1, :].detach().clone()  # (B, hidden)
+    return last.clone()
 
 
 class HiddenStateTap:

@@ -258,6 +258,8 @@ class ThinkingTracker:
         if pad_token_id is not None:
             stop.append(int(pad_token_id))
         self.stop_ids = frozenset(stop)
+        # a newest token outside this set only advances a counter (a marker can end only with its last piece)
+        self._watch = self.stop_ids | frozenset(v[-1] for v in start + end)
         self.reset()
 
     def reset(self) -> None:
@@ -282,6 +284,11 @@ class ThinkingTracker:
         """Per row: has emitted EOS (or been padded by ``generate``)."""
         return [p == self.DONE for p in self.phase]
 
+    @property
+    def newest_tokens(self) -> list[int]:
+        """Per row: the newest token of the ``input_ids`` seen by the last :meth:`update` (empty before one)."""
+        return [t[-1] for t in self._prev_tails]
+
     def is_new_generation(self, input_ids: torch.Tensor, tails: list[list[int]] | None = None) -> bool:
         """Whether ``input_ids`` starts a new generation rather than continuing the current one.
 
@@ -293,11 +300,16 @@ class ThinkingTracker:
             return True
         if tails is None:
             tails = self.tails(input_ids)
-        for cur, prev in zip(tails, self._prev_tails):
-            k = min(len(cur) - 1, len(prev))
-            if k > 0 and cur[len(cur) - 1 - k:len(cur) - 1] != prev[len(prev) - k:]:
-                return True
-        return False
+        prev = self._prev_tails
+        if not tails or not prev:
+            return False
+        # every row of a tail has the same length (a column slice of one tensor), so the overlap with the previous
+        # tails is the same for all rows: compare all rows at once
+        k = min(len(tails[0]) - 1, len(prev[0]))
+        if k <= 0:
+            return False
+        end, off = len(tails[0]) - 1, len(prev[0]) - k
+        return [c[end - k:end] for c in tails] != [p[off:] for p in prev]
 
     def tails(self, input_ids: torch.Tensor) -> list[list[int]]:
         """The last :attr:`window` tokens of every row, on the host (one small device-to-host copy)."""
@@ -344,32 +356,42 @@ class ThinkingTracker:
 
     def _advance(self, tails: list[list[int]]) -> None:
         phase, stop = self.phase, self.stop_ids
+        think, answer, generated = self.think_tokens, self.answer_tokens, self.generated_tokens
+        start_single, start_multi = self._start_single, self._start_multi
+        end_single, end_multi = self._end_single, self._end_multi
+        answer_phase, done_phase, watch = self.ANSWER, self.DONE, self._watch
         for r, tail in enumerate(tails):
-            if phase[r] == self.DONE:
+            p = phase[r]
+            if p == done_phase:
                 continue
-            self.generated_tokens[r] += 1
+            generated[r] += 1
             tok = tail[-1]
+            if tok not in watch:
+                if p == answer_phase:
+                    answer[r] += 1
+                else:
+                    think[r] += 1
+                continue
             if tok in stop:
-                phase[r] = self.DONE
+                phase[r] = done_phase
                 continue
-            if phase[r] == self.ANSWER:
-                self.answer_tokens[r] += 1
+            if p == answer_phase:
+                answer[r] += 1
                 continue
-            self.think_tokens[r] += 1
-            if not self.seen_start[r] and (tok in self._start_single
-                                           or any(tail[-len(v):] == v for v in self._start_multi)):
-                self.think_tokens[r] = 0
+            think[r] += 1
+            if not self.seen_start[r] and (tok in start_single or any(tail[-len(v):] == v for v in start_multi)):
+                think[r] = 0
                 self.seen_start[r] = True
             closed = 0
-            for v in self._end_multi:  # longest first
+            for v in end_multi:  # longest first
                 if tail[-len(v):] == v:
                     closed = len(v)
                     break
-            if not closed and tok in self._end_single:
+            if not closed and tok in end_single:
                 closed = 1
             if closed:
-                self.think_tokens[r] = max(0, self.think_tokens[r] - closed)
-                phase[r] = self.ANSWER
+                think[r] = max(0, think[r] - closed)
+                phase[r] = answer_phase
 
     def completing_tokens(self, tail: Sequence[int]) -> list[int]:
         """End-marker tokens that would complete ``</think>`` after ``tail`` (a single-token marker: always)."""
