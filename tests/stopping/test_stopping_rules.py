@@ -159,6 +159,138 @@ def test_probe_alone_as_stopping_criteria_ends_rows(tok, llama, tap):
     assert probe.stop.tolist() == [True, False, True]
 
 
+def test_probe_at_schedule_probes_exactly_at_listed_counts_per_row(tap):
+    """every=None, at=(2, 5, 9): each row is probed when its own count reaches a listed value, and only then."""
+    calls = []
+    step = 0
+
+    def predictor(h):
+        calls.append(step)
+        return torch.tensor([0.2, 0.95, 0.4])
+
+    probe = ProbeStopping(tap, predictor, threshold=0.9, every=None, at=(2, 5, 9))
+    assert probe.at == (2, 5, 9) and probe.every is None
+    x = ids()
+    tap.latest[1] = torch.randn(3, 32)
+    probe.begin(x)
+    assert probe.fired_at.tolist() == [-1, -1, -1] and probe.history == [[], [], []]
+    # row 2 runs 3 tokens behind (it opened thinking later); counts 1..12 for rows 0-1, -2..9 for row 2
+    for step in range(1, 13):
+        n = [step, step, max(0, step - 3)]
+        fired = probe.update(x, None, [True, True, step >= 3], n)
+        assert fired == [False, step >= 2, False]
+    assert [[c for c, _ in h] for h in probe.history] == [[2, 5, 9], [2], [2, 5, 9]]
+    assert probe.history[0] == [(2, pytest.approx(0.2)), (5, pytest.approx(0.2)), (9, pytest.approx(0.2))]
+    assert probe.probes.tolist() == [3, 1, 3]
+    assert probe.fired_at.tolist() == [-1, 2, -1]  # row 1 fired at its first probe and is not probed again
+    assert calls == [2, 5, 8, 9, 12]  # one predictor call per step where some row is due (2, 5, 9 and 5, 8, 12)
+    torch.testing.assert_close(probe.confidence, torch.tensor([0.2, 0.95, 0.4]))
+
+
+def test_probe_at_combines_with_every_and_min_tokens(tap):
+    probe = ProbeStopping(tap, lambda h: torch.zeros(h.shape[0]), threshold=None, every=4, at=(3, 6), min_tokens=4)
+    x = ids(n_rows=1)
+    tap.latest[1] = torch.randn(1, 32)
+    probe.begin(x)
+    for n in range(1, 14):
+        probe.update(x, None, [True], [n])
+    assert [c for c, _ in probe.history[0]] == [4, 6, 8, 12]  # 3 is below min_tokens; 4, 8, 12 from every
+    assert probe.fired_at.tolist() == [-1]  # threshold=None never fires
+
+
+def test_probe_fired_at_with_every(tap):
+    conf = iter([torch.tensor([0.1, 0.1]), torch.tensor([0.1, 0.99]), torch.tensor([0.99, 0.99])])
+    probe = ProbeStopping(tap, lambda h: next(conf), threshold=0.9, every=3)
+    x = ids(n_rows=2)
+    tap.latest[1] = torch.randn(2, 32)
+    probe.begin(x)
+    for n in range(1, 10):
+        probe.update(x, None, [True, True], [n, n])
+    assert probe.fired_at.tolist() == [9, 6]
+    assert probe.history[1] == [(3, pytest.approx(0.1)), (6, pytest.approx(0.99))]
+    assert probe.stop.tolist() == [True, True]
+
+
+@pytest.mark.parametrize("at, match", [
+    ((), r"at=\(\) is empty"),
+    ((4, 2), r"not strictly increasing \(4 then 2\)"),
+    ((2, 2), r"not strictly increasing \(2 then 2\)"),
+    ((0, 4), "contains 0; every entry must be a positive int"),
+    ((-8,), "contains -8"),
+    ((1.5, 4), "contains 1.5"),
+    ((True, 4), "contains True"),
+    ("32", "must be a sequence of thinking-token counts"),
+    (32, "must be a sequence of thinking-token counts"),
+])
+def test_probe_bad_at(tap, at, match):
+    with pytest.raises(ValueError, match=match):
+        ProbeStopping(tap, lambda h: h[:, 0], threshold=0.5, every=None, at=at)
+
+
+def test_probe_at_alone_is_a_schedule_but_nothing_is_not(tap):
+    assert ProbeStopping(tap, lambda h: h[:, 0], threshold=0.5, every=None, at=[32, 64]).at == (32, 64)
+    assert ProbeStopping(tap, lambda h: h[:, 0], threshold=0.5, at=np.array([8, 16])).at == (8, 16)
+    with pytest.raises(ValueError, match="neither at= nor delimiters= would never probe"):
+        ProbeStopping(tap, lambda h: h[:, 0], threshold=0.5, every=None, at=None)
+
+
+def test_probe_at_schedule_in_generate_with_left_padding(tok, llama, tap):
+    """A real generate: rows reach 4 and 8 thinking tokens at different steps; each is probed exactly there."""
+    think = tok.convert_tokens_to_ids("<think>")
+    end = tok.convert_tokens_to_ids("</think>")
+    opened = build_inputs(tok, ["2+3?", "what is 17*3?"], style="none")["input_ids"].tolist()
+    plain = tok.encode("q?\n", add_special_tokens=False)  # no <think>: row 1 opens thinking itself
+    rows = [opened[0], plain, opened[1]]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    attention_mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
+    assert (attention_mask[:, 0] == 0).any()  # left-padded
+
+    steps_at_call = []
+
+    def predictor(h):
+        steps_at_call.append(tap.steps)  # forward passes so far: generated tokens + 1
+        return torch.tensor([0.1, 0.1, 0.95 if len(steps_at_call) > 1 else 0.1])
+
+    def script(input_ids, scores):  # keep thinking; row 1 writes <think> as its 3rd generated token
+        out = scores.clone()
+        out[:, [end, tok.eos_token_id]] = float("-inf")
+        if input_ids.shape[1] == width + 2:
+            out[1] = float("-inf")
+            out[1, think] = 0.0
+        return out
+
+    probe = ProbeStopping(tap, predictor, threshold=0.9, every=None, at=(4, 8, 16))
+    bf = BudgetForcing(tok, max_tokens=10, max_answer_tokens=2, stop_rules=[probe])
+    llama.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=24, do_sample=False,
+                   logits_processor=LogitsProcessorList([script, bf]))
+    # rows 0 and 2 reach 4 and 8 thinking tokens after 4 and 8 generated tokens, row 1 three tokens later
+    assert steps_at_call == [5, 8, 9, 12]
+    assert [[c for c, _ in h] for h in probe.history] == [[4, 8], [4, 8], [4, 8]]
+    assert probe.history[2][1] == (8, pytest.approx(0.95))
+    assert probe.fired_at.tolist() == [-1, -1, 8]
+    assert probe.probes.tolist() == [2, 2, 2]
+    assert bf.think_tokens.tolist() == [10, 10, 8]
+    assert bf.stop_reasons == ["max_tokens", "max_tokens", "ProbeStopping"]
+
+
+def test_probe_alone_reads_delimiters_from_the_newest_tokens(tok, tap):
+    """Used as a StoppingCriteria, the rule probes right after a delimiter (newest token read once per step)."""
+    nl = tok.encode("\n")[0]
+    a = tok.encode("a")[0]
+    probe = ProbeStopping(tap, lambda h: torch.tensor([0.2, 0.8]), threshold=0.5, every=None, delimiters=("\n",),
+                          tokenizer=tok, think_start=None, think_end=None)
+    x = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    tap.latest[1] = torch.randn(2, 32)
+    done = []
+    for col in ([a, a], [nl, a], [a, nl], [nl, a]):
+        x = torch.cat([x, torch.tensor(col)[:, None]], dim=1)
+        done.append(probe(x, None).tolist())
+    assert done == [[False, False], [False, False], [False, True], [False, True]]
+    assert [[c for c, _ in h] for h in probe.history] == [[2, 4], [3]]
+    assert probe.fired_at.tolist() == [-1, 3]
+
+
 # ---- AnswerConsistencyStopping -------------------------------------------------------------------------------
 
 def test_consistency_needs_k_agreeing_non_none_answers(tok):

@@ -175,29 +175,57 @@ class StopRule(StoppingCriteria):
 
 
 def _due(n_tokens: Sequence[int], thinking: Sequence[bool], stop: Sequence[bool], *, min_tokens: int,
-         every: int | None = None, delimiter_ids: frozenset[int] = frozenset(),
+         every: int | None = None, at: frozenset[int] = frozenset(), delimiter_ids: frozenset[int] = frozenset(),
          newest: Sequence[int] | None = None) -> list[int]:
     """Rows due for a probe: thinking, not stopped, past ``min_tokens`` (and past 0), and at a multiple of
-    ``every`` thinking tokens or right after a delimiter token (``newest`` holds each row's newest token)."""
+    ``every`` thinking tokens, at a count listed in ``at``, or right after a delimiter token (``newest`` holds each
+    row's newest token)."""
     lo = max(1, min_tokens)
     return [r for r, (th, n) in enumerate(zip(thinking, n_tokens))
             if th and n >= lo and not stop[r]
-            and ((every is not None and n % every == 0)
+            and ((every is not None and n % every == 0) or n in at
                  or (newest is not None and newest[r] in delimiter_ids))]
+
+
+def _check_schedule(at: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``at`` as a tuple of strictly increasing positive ints (or None); a ValueError that says what is wrong."""
+    if at is None:
+        return None
+    if isinstance(at, (str, bytes)) or not isinstance(at, (Sequence, np.ndarray)):
+        raise ValueError(f"at={at!r} must be a sequence of thinking-token counts, e.g. at=(32, 64, 128, 256), "
+                         "or None")
+    values = list(at)
+    if not values:
+        raise ValueError("at=() is empty; pass thinking-token counts such as at=(32, 64, 128, 256), or at=None")
+    for value in values:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
+            raise ValueError(f"at={values!r} contains {value!r}; every entry must be a positive int number of "
+                             "thinking tokens")
+    for prev, value in zip(values, values[1:]):
+        if value <= prev:
+            raise ValueError(f"at={values!r} is not strictly increasing ({prev} then {value}); "
+                             "sort it and drop duplicates, e.g. at=(32, 64, 128, 256)")
+    return tuple(int(v) for v in values)
 
 
 class ProbeStopping(StopRule):
     """Stop a row's thinking once a confidence predictor on its hidden state reaches a threshold.
 
-    Every ``every`` thinking tokens (and/or right after a step delimiter such as ``"\\n"``), the newest hidden state
-    of the tapped layer, shape ``(B, hidden)``, goes to ``predictor``; a row fires when its predicted probability of
-    being right is ``>= threshold``. Give the rule to :class:`~thinkctl.stopping.BudgetForcing`
-    (``stop_rules=[probe]``) to force the answer when it fires; used alone as a ``StoppingCriteria`` it ends the row
-    without an answer.
+    A row is probed every ``every`` thinking tokens, when its thinking-token count reaches one of the values in
+    ``at`` (a schedule such as the budget doublings 32, 64, 128, 256), and/or right after a step delimiter such as
+    ``"\\n"``; any combination may be given. At a probe the newest hidden state of the tapped layer, shape
+    ``(B, hidden)``, goes to ``predictor``; a row fires when its predicted probability of being right is
+    ``>= threshold``. Give the rule to :class:`~thinkctl.stopping.BudgetForcing` (``stop_rules=[probe]``) to force
+    the answer when it fires; used alone as a ``StoppingCriteria`` it ends the row without an answer.
 
     Inside BudgetForcing the probed state is that of the newest token (the one the next token is predicted from);
     alone, ``generate`` calls stopping criteria after appending a token but before the next forward pass, so the
     state is one position older.
+
+    On a step where no row is due the rule touches no tensor; on a probe step the predictor runs once on the whole
+    batch and its output is copied to the host once. Per-row state is a few numbers per row, plus one
+    ``(thinking_tokens, confidence)`` pair per probe in :attr:`history` (``every=32`` over 4096 thinking tokens:
+    128 pairs per row; ``at`` alone: one pair per listed count the row reaches).
 
     Parameters
     ----------
@@ -211,14 +239,18 @@ class ProbeStopping(StopRule):
         Confidence at which a row stops, in [0, 1]. ``None`` (a risk-controlled threshold that cannot be met) never
         stops but still records confidences.
     every : int or None, default=32
-        Probe interval in thinking tokens (Dynasor's interval). ``None``: only at delimiters.
+        Probe interval in thinking tokens (Dynasor's interval). ``None``: only at ``at`` and/or delimiters.
     delimiters : sequence of str or int, optional
         Also probe right after any token whose text contains one of these strings (needs ``tokenizer``) or
         whose id is listed.
+    at : sequence of int, optional
+        Also probe when a row's thinking-token count reaches exactly one of these values (strictly increasing
+        positive ints), e.g. ``at=(32, 64, 128, 256)`` with ``every=None`` to probe only at the budget doublings.
+        Counts below ``min_tokens`` are skipped.
     layer : int or "final_norm", optional
         Tapped layer to read; may be omitted when the tap holds a single layer.
     min_tokens : int, default=0
-        Never fire before this many thinking tokens.
+        Never probe (so never fire) before this many thinking tokens.
     tokenizer, think_start, think_end
         See :class:`StopRule`.
 
@@ -228,7 +260,20 @@ class ProbeStopping(StopRule):
         Latest predicted confidence per row (NaN before the first probe).
     probes : torch.LongTensor of shape (B,)
         Number of probes per row.
+    fired_at : torch.LongTensor of shape (B,)
+        Per row, the thinking-token count at the probe where the rule fired (confidence ``>= threshold``), -1 if
+        it has not fired. Inside BudgetForcing with ``min_tokens`` the forced stop may come later;
+        ``BudgetForcing.think_tokens`` says where thinking ended.
+    history : list of list of (int, float)
+        Per row, one ``(thinking_tokens, confidence)`` pair per probe, in order.
     stop : torch.BoolTensor of shape (B,)
+
+    Raises
+    ------
+    ValueError
+        On a threshold outside [0, 1], a non-positive ``every``, an ``at`` that is not strictly increasing positive
+        ints, no schedule at all (``every=None`` without ``at`` or ``delimiters``), an untapped ``layer`` or a
+        negative ``min_tokens``.
 
     Examples
     --------
@@ -241,6 +286,10 @@ class ProbeStopping(StopRule):
     >>> probe = ProbeStopping(tap, lambda h: torch.sigmoid(h.mean(dim=1)), threshold=0.9, every=8)
     >>> probe.every, probe.layer
     (8, 1)
+    >>> doubling = ProbeStopping(tap, lambda h: torch.sigmoid(h.mean(dim=1)), threshold=0.9, every=None,
+    ...                          at=(32, 64, 128, 256))
+    >>> doubling.at
+    (32, 64, 128, 256)
     >>> tap.remove()
     """
 
@@ -252,6 +301,7 @@ class ProbeStopping(StopRule):
         every: int | None = DEFAULT_PROBE_EVERY,
         delimiters: Sequence[str | int] | None = None,
         *,
+        at: Sequence[int] | None = None,
         layer: int | str | None = None,
         min_tokens: int = 0,
         tokenizer: Any = None,
@@ -265,10 +315,13 @@ class ProbeStopping(StopRule):
             raise ValueError(f"predictor={predictor!r} must be callable or have predict_proba")
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
             raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1], or None to never stop")
-        if every is not None and (not isinstance(every, int) or every < 1):
-            raise ValueError(f"every={every!r} must be a positive int, or None to probe only at delimiters")
-        if every is None and not delimiters:
-            raise ValueError("every=None and delimiters=None would never probe; set every=32 or delimiters=('\\n',)")
+        if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+            raise ValueError(f"every={every!r} must be a positive int, or None to probe only at `at` counts "
+                             "or delimiters")
+        schedule = _check_schedule(at)
+        if every is None and not delimiters and schedule is None:
+            raise ValueError("every=None with neither at= nor delimiters= would never probe; set every=32, "
+                             "at=(32, 64, 128, 256) or delimiters=('\\n',)")
         if not isinstance(min_tokens, int) or min_tokens < 0:
             raise ValueError(f"min_tokens={min_tokens!r} must be a non-negative int")
         if layer is None:
@@ -284,12 +337,16 @@ class ProbeStopping(StopRule):
         self.predictor = predictor
         self.threshold = threshold
         self.every = every
+        self.at = schedule
         self.layer = layer
         self.min_tokens = min_tokens
         self.delimiter_ids = delimiter_token_ids(tokenizer, delimiters) if delimiters else []
         self._delims = frozenset(self.delimiter_ids)
+        self._at = frozenset(schedule or ())
         self._confidence: list[float] = []
         self._probes: list[int] = []
+        self._fired_at: list[int] = []
+        self.history: list[list[tuple[int, float]]] = []
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -301,10 +358,17 @@ class ProbeStopping(StopRule):
         """torch.LongTensor of shape (B,): number of probes per row."""
         return torch.tensor(self._probes, dtype=torch.long)
 
+    @property
+    def fired_at(self) -> torch.Tensor:
+        """torch.LongTensor of shape (B,): thinking tokens at the probe where each row fired, -1 if it did not."""
+        return torch.tensor(self._fired_at, dtype=torch.long)
+
     def _begin(self, input_ids: torch.Tensor) -> None:
         b = input_ids.shape[0]
         self._confidence = [math.nan] * b
         self._probes = [0] * b
+        self._fired_at = [-1] * b
+        self.history = [[] for _ in range(b)]
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """Confidence for a batch of hidden states.
@@ -339,7 +403,7 @@ class ProbeStopping(StopRule):
         b = input_ids.shape[0]
         fire = [False] * b
         newest = self._newest_tokens(input_ids) if self._delims else None
-        due = _due(n_tokens, thinking, self._stop, min_tokens=self.min_tokens, every=self.every,
+        due = _due(n_tokens, thinking, self._stop, min_tokens=self.min_tokens, every=self.every, at=self._at,
                    delimiter_ids=self._delims, newest=newest)
         if not due:
             return fire
@@ -350,11 +414,13 @@ class ProbeStopping(StopRule):
         conf = self.predict(hidden).tolist()  # the one device-to-host copy, on probe steps only
         threshold = self.threshold
         for r in due:
-            c = conf[r]
+            c, n = conf[r], n_tokens[r]
             self._confidence[r] = c
             self._probes[r] += 1
+            self.history[r].append((n, c))
             if threshold is not None and c >= threshold:
                 fire[r] = True
+                self._fired_at[r] = n
         return fire
 
 
