@@ -39,6 +39,11 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     assert data["ratio"] == pytest.approx(data["hooked_s"] / data["plain_s"])
     assert len(data["plain_runs_s"]) == len(data["hooked_runs_s"]) == 2
     assert data["same_tokens"] is True
+    assert data["decoding_steps"] == {"plain": [8], "hooked": [8]} == {k: [data["generated_tokens_per_row"]]
+                                                                       for k in ("plain", "hooked")}
+    assert data["order"] == "ABBA" and data["warmup_runs"] >= 1
+    assert data["in_hook_fraction"] == pytest.approx(
+        (data["processor_s_per_step"] + data["tap_hook_s_per_step"]) / data["plain_s_per_step"])
     assert data["probes_per_row"] == [7, 7, 7]  # every token after the first (probing every token)
     # the tap holds one (B, hidden) float32 tensor whatever the generated length
     assert data["tap_bytes_by_length"] == {"4": 3 * 32 * 4, "8": 3 * 32 * 4}

@@ -2,19 +2,22 @@
 
 Times greedy ``generate`` with :class:`~thinkctl.stopping.BudgetForcing` + :class:`~thinkctl.stopping.HiddenStateTap`
 + :class:`~thinkctl.stopping.ProbeStopping` (a small linear predictor probed at every token) against plain
-``generate`` producing the same tokens: same prompts, fixed ``max_new_tokens``, runs interleaved, medians compared.
-It also checks that the memory the hooks hold does not grow with the generated length. A benchmark, not a test:
-figures go to the JSON file given with ``--json``.
+``generate`` producing the same tokens: same prompts and seed, fixed ``max_new_tokens``, warm-up runs, then timed runs
+interleaved in ABBA order (plain, hooked, hooked, plain, ...) with the garbage collector off, medians compared. Both
+variants must generate identical sequences (so the same number of decoding steps): ``same_tokens`` and the step
+counts of each variant are in the result. It also checks that the memory the hooks hold does not grow with the
+generated length. A benchmark, not a test: figures go to the JSON file given with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import statistics
 import time
 import tracemalloc
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,18 +30,22 @@ logger = logging.getLogger(__name__)
 
 #: The overhead the hooks are designed to stay under (hooked / plain median wall time).
 TARGET_RATIO = 1.05
-#: Calls of the tap's hook timed to estimate its cost per decoding step.
+#: Calls of the tap's hook timed per block to estimate its cost per decoding step (the median of blocks is kept).
 TAP_HOOK_TIMING_CALLS = 200
+#: Runs of each variant before timing starts (first-call allocations, lazy initialisation in transformers).
+WARMUP_RUNS = 2
+#: Generations run with the logits processor wrapped in a timer; the median time per step is reported.
+IN_HOOK_TIMING_RUNS = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--json", required=True, metavar="OUT", help="write the results here")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (left-padded)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per run")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each variant, interleaved")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per run at most")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs of each variant, interleaved ABBA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch decides)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and the probe's weights")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, the probe's weights and torch")
 
 
 def benchmark_prompts(n: int, seed: int) -> list[str]:
@@ -53,7 +60,7 @@ def _held_bytes(tap: Any) -> int:
 
 
 def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tokens: int = 128,
-                     repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+                     repeats: int = 15, seed: int = 0) -> dict[str, Any]:
     """Time hooked against plain greedy ``generate`` on the same prompts.
 
     Parameters
@@ -62,19 +69,24 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
     tokenizer : PreTrainedTokenizerBase
     batch_size : int, default=8
     max_new_tokens : int, default=128
-    repeats : int, default=5
-        Timed runs per variant (after one warm-up run each), interleaved plain / hooked.
+        Upper bound of the generated length (rows end earlier at EOS; both variants take the same steps).
+    repeats : int, default=15
+        Timed runs per variant (after :data:`WARMUP_RUNS` warm-up runs each), interleaved plain / hooked in ABBA
+        order so that a drift in machine load weighs on both variants alike.
     seed : int, default=0
+        Seeds the prompts, the probe's weights and torch before every run.
 
     Returns
     -------
     dict
         ``ratio`` (median hooked / median plain wall time), ``plain_s``, ``hooked_s`` (medians), the individual
-        runs, ``cpu_ratio`` (the same with process CPU time, less sensitive to other load on the machine),
-        ``processor_s_per_step`` (time inside the logits processor per decoding step), ``tap_hook_s_per_step``,
-        ``in_hook_fraction`` (time inside all hooks per step over the plain time per step: the overhead free of
-        the run-to-run noise of wall-clock ratios on a shared machine), ``same_tokens`` (both variants generated
-        identical sequences), token counts and memory figures:
+        runs (``plain_runs_s[i]`` and ``hooked_runs_s[i]`` are neighbours), ``pair_ratio_median`` (median of the
+        ratios of neighbouring runs), ``cpu_ratio`` (the same with process CPU time, less sensitive to other load on
+        the machine), ``processor_s_per_step`` (time inside the logits processor per decoding step, median of
+        :data:`IN_HOOK_TIMING_RUNS` runs), ``tap_hook_s_per_step``, ``in_hook_fraction`` (time inside all hooks per
+        step over the plain time per step: the overhead free of the run-to-run noise of wall-clock ratios on a
+        shared machine), ``same_tokens`` (both variants generated identical sequences in every run),
+        ``decoding_steps`` (per variant; equal when ``same_tokens``), token counts and memory figures:
         ``tap_bytes_by_length`` (what the tap holds after generating that many tokens; constant when the tap keeps
         only the newest position) and ``python_peak_bytes_by_length`` (tracemalloc peak of Python allocations
         during a hooked run, which covers the hooks' per-row state).
@@ -103,7 +115,12 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
     def predictor(h: torch.Tensor) -> torch.Tensor:  # a linear probe: sigmoid(h @ w + b), (B, hidden) -> (B,)
         return torch.sigmoid(h @ weight + bias)
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     tap = HiddenStateTap(model, layers=(-1,))
+    gc_was_enabled = gc.isenabled()
     try:
         # threshold=None: probes every token but never stops, so both variants generate the same tokens;
         # max_tokens above max_new_tokens and answer_on_eos=False: nothing is forced
@@ -111,59 +128,85 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         bf = BudgetForcing(tokenizer, max_tokens=max_new_tokens + 1, stop_rules=[probe], answer_on_eos=False)
 
         def plain() -> torch.Tensor:
-            tap.remove()  # no hooks at all on the model
             return model.generate(**inputs, **gen_kwargs)
 
         def hooked() -> torch.Tensor:
-            tap.attach()
-            bf.reset()
-            tap.reset()
             return model.generate(**inputs, logits_processor=LogitsProcessorList([bf]), **gen_kwargs)
 
-        def timed(fn: Any) -> tuple[float, float, torch.Tensor]:
+        def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float, torch.Tensor]:
+            if fn is plain:
+                tap.remove()  # no hooks at all on the model
+            else:
+                tap.attach()
+                bf.reset()
+                tap.reset()
+            torch.manual_seed(seed)
+            gc.collect()
+            gc.disable()
+            sync()
             w0, c0 = time.perf_counter(), time.process_time()
             with torch.inference_mode():
                 out = fn()
-            return time.perf_counter() - w0, time.process_time() - c0, out
+            sync()
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            if gc_was_enabled:
+                gc.enable()
+            return wall, cpu, out
 
-        timed(plain)
-        timed(hooked)  # warm-up
-        plain_runs, hooked_runs, plain_cpu, hooked_cpu = [], [], [], []
+        for _ in range(WARMUP_RUNS):
+            _, _, reference = timed(plain)
+            timed(hooked)
+        plain_runs: list[float] = []
+        hooked_runs: list[float] = []
+        plain_cpu: list[float] = []
+        hooked_cpu: list[float] = []
         same = True
-        for _ in range(repeats):
-            wall, cpu, out_plain = timed(plain)
-            plain_runs.append(wall)
-            plain_cpu.append(cpu)
-            wall, cpu, out_hooked = timed(hooked)
-            hooked_runs.append(wall)
-            hooked_cpu.append(cpu)
-            same = same and out_plain.shape == out_hooked.shape and bool(torch.equal(out_plain, out_hooked))
+        steps: dict[str, set[int]] = {"plain": set(), "hooked": set()}
+        for i in range(repeats):
+            order = (("plain", plain), ("hooked", hooked)) if i % 2 == 0 else (("hooked", hooked), ("plain", plain))
+            for name, fn in order:  # ABBA: plain first in even repeats, hooked first in odd ones
+                wall, cpu, out = timed(fn)
+                (plain_runs if name == "plain" else hooked_runs).append(wall)
+                (plain_cpu if name == "plain" else hooked_cpu).append(cpu)
+                steps[name].add(int(out.shape[1] - prompt_len))
+                same = same and out.shape == reference.shape and bool(torch.equal(out, reference))
         probes = probe.probes.tolist()
 
         # time spent inside the logits processor (BudgetForcing driving ProbeStopping), per decoding step
-        in_hook = [0.0, 0]
+        in_hook: list[float] = [0.0, 0]
 
         def timed_bf(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             t0 = time.perf_counter()
             result = bf(input_ids, scores)
+            sync()
             in_hook[0] += time.perf_counter() - t0
             in_hook[1] += 1
             return result
 
-        tap.attach()
-        bf.reset()
-        with torch.inference_mode():
-            model.generate(**inputs, logits_processor=LogitsProcessorList([timed_bf]), **gen_kwargs)
+        processor_per_step = []
+        for _ in range(IN_HOOK_TIMING_RUNS):
+            in_hook[:] = [0.0, 0]
+            tap.attach()
+            bf.reset()
+            tap.reset()
+            with torch.inference_mode():
+                model.generate(**inputs, logits_processor=LogitsProcessorList([timed_bf]), **gen_kwargs)
+            processor_per_step.append(in_hook[0] / max(1, in_hook[1]))
 
         tap_bytes: dict[str, int] = {}
         py_peak: dict[str, int] = {}
         # time inside the tap's forward hook, on a decoding-step-shaped output (B, 1, hidden)
         hook = tap._layer_hook(tap.layers[0])
         step_out = torch.zeros(batch_size, 1, hidden, device=device)
-        t0 = time.perf_counter()
-        for _ in range(TAP_HOOK_TIMING_CALLS):
-            hook(model, (), step_out)
-        tap_hook_s = (time.perf_counter() - t0) / TAP_HOOK_TIMING_CALLS * len(tap.layers)
+        blocks = []
+        for _ in range(IN_HOOK_TIMING_RUNS):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(TAP_HOOK_TIMING_CALLS):
+                hook(model, (), step_out)
+            sync()
+            blocks.append((time.perf_counter() - t0) / TAP_HOOK_TIMING_CALLS * len(tap.layers))
+        tap_hook_s = statistics.median(blocks)
 
         tap.attach()
         for length in sorted({max(1, max_new_tokens // 2), max_new_tokens}):
@@ -178,10 +221,16 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
             tap_bytes[str(length)] = _held_bytes(tap)
     finally:
         tap.remove()
+        if gc_was_enabled:
+            gc.enable()
 
     plain_s, hooked_s = statistics.median(plain_runs), statistics.median(hooked_runs)
-    generated = int(out_plain.shape[1] - prompt_len)
-
+    generated = int(reference.shape[1] - prompt_len)
+    processor_s = statistics.median(processor_per_step)
+    plain_step = plain_s / max(1, generated)
+    if not same:
+        logger.warning("the hooked runs generated other tokens than the plain ones (steps %s); the ratio compares "
+                       "unequal work", steps)
 
     return {
         "ratio": hooked_s / plain_s,
@@ -190,15 +239,19 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "target_ratio": TARGET_RATIO,
         "pair_ratio_median": statistics.median(h / p for h, p in zip(hooked_runs, plain_runs)),
         "cpu_ratio": statistics.median(hooked_cpu) / statistics.median(plain_cpu),
-        "processor_s_per_step": in_hook[0] / max(1, in_hook[1]),
+        "processor_s_per_step": processor_s,
         "tap_hook_s_per_step": tap_hook_s,
-        "plain_s_per_step": plain_s / max(1, generated),
-        "in_hook_fraction": (in_hook[0] / max(1, in_hook[1]) + tap_hook_s) / (plain_s / max(1, generated)),
+        "plain_s_per_step": plain_step,
+        "hooked_s_per_step": hooked_s / max(1, generated),
+        "in_hook_fraction": (processor_s + tap_hook_s) / plain_step,
         "plain_runs_s": plain_runs,
         "hooked_runs_s": hooked_runs,
         "plain_cpu_s": plain_cpu,
         "hooked_cpu_s": hooked_cpu,
         "same_tokens": same,
+        "decoding_steps": {name: sorted(v) for name, v in steps.items()},
+        "warmup_runs": WARMUP_RUNS,
+        "order": "ABBA",
         "batch_size": batch_size,
         "prompt_tokens": int(prompt_len),
         "generated_tokens_per_row": generated,
@@ -210,6 +263,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "hidden_size": hidden,
         "vocab_size": int(model.config.vocab_size),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device),
         "thinkctl_version": __version__,
     }
 
@@ -234,5 +288,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"hooked/plain = {result['ratio']:.3f} ({verdict} target {TARGET_RATIO}); "
           f"time inside hooks = {100 * result['in_hook_fraction']:.1f}% of a plain step; "
           f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
-          f"same tokens: {result['same_tokens']}; wrote {path}")
+          f"same tokens: {result['same_tokens']} ({result['generated_tokens_per_row']} steps); wrote {path}")
     return 0
