@@ -46,7 +46,10 @@ def _execute(name: str, workdir: Path, kernel_dir: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
+    runtime = workdir / ".jupyter-runtime"
+    runtime.mkdir()
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]),
+                       connection_file=str(runtime / "kernel.json"))  # else a /tmp/tmp*.json outlives the test
     client = nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
                                      resources={"metadata": {"path": str(workdir)}})
     client.execute()
