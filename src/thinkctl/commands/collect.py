@@ -1,6 +1,8 @@
 """``thinkctl collect``: labelled reasoning traces of a model on a task, into an append-only store.
 
 Killed at any point, the same command resumes where it stopped (whole shards only: nothing lost, nothing twice).
+With ``--ray ADDRESS`` the shards run on Ray actors (one model replica each, one per GPU where there are GPUs)
+and this process writes them into the same store: the same traces as a one-process run, resumable by either.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-problems", type=int, default=24, help="problems per committed shard")
     p.add_argument("--instruct", action="store_true",
                    help="add an answer-format instruction (for instruct models not trained on the task)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="shard over Ray actors: 'local' (start a local instance), 'auto' (join the running "
+                        "cluster) or a cluster address; needs pip install 'thinkctl[distributed]'")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="Ray actors (model replicas); default: one per GPU, else one per CPU")
     add_progress_argument(p)
 
 
@@ -46,11 +53,22 @@ def run(args: argparse.Namespace) -> int:
                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                   shard_problems=args.shard_problems,
                   prompt_suffix=INSTRUCT_SUFFIX if args.instruct else "")
+    if args.ray is None and args.ray_workers is not None:
+        raise ValueError(f"--ray-workers={args.ray_workers} needs --ray ADDRESS ('local', 'auto' or an address)")
     task = thinkctl.tasks.get(args.task)
     problems = task.sample(args.n, seed=args.seed, level=args.level)
-    model, tokenizer = load_model(args.model)
-    store = collect(model, tokenizer, task, problems, args.out, cfg, model_name=model_id(model),
-                    progress=not args.no_progress)
+    if args.ray is not None:
+        from thinkctl.distributed import ModelSpec, RayConfig, collect_distributed, require_ray
+
+        require_ray()
+        ray_cfg = RayConfig(address=args.ray, num_workers=args.ray_workers,
+                            quiet=not getattr(args, "verbose", False))
+        store = collect_distributed(ModelSpec(args.model), task, problems, args.out, cfg, ray_cfg,
+                                    progress=not args.no_progress)
+    else:
+        model, tokenizer = load_model(args.model)
+        store = collect(model, tokenizer, task, problems, args.out, cfg, model_name=model_id(model),
+                        progress=not args.no_progress)
     rows = store.samples()
     acc = sum(r["correct"] for r in rows) / max(1, len(rows))
     n_ck = sum(len(r["checkpoints"]) for r in rows)
