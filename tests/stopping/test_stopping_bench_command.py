@@ -47,6 +47,7 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     assert data["probes_per_row"] == [7, 7, 7]  # every token after the first (probing every token)
     # the tap holds one (B, hidden) float32 tensor whatever the generated length
     assert data["tap_bytes_by_length"] == {"4": 3 * 32 * 4, "8": 3 * 32 * 4}
+    assert data["probe_history_pairs_by_length"] == {"4": 3 * 3, "8": 3 * 7}  # one pair per probe
     assert data["config"]["model"] == "tiny" and data["batch_size"] == 3
     assert "hooked/plain" in capsys.readouterr().out
 

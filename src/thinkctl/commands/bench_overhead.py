@@ -87,9 +87,12 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         step over the plain time per step: the overhead free of the run-to-run noise of wall-clock ratios on a
         shared machine), ``same_tokens`` (both variants generated identical sequences in every run),
         ``decoding_steps`` (per variant; equal when ``same_tokens``), token counts and memory figures:
-        ``tap_bytes_by_length`` (what the tap holds after generating that many tokens; constant when the tap keeps
-        only the newest position) and ``python_peak_bytes_by_length`` (tracemalloc peak of Python allocations
-        during a hooked run, which covers the hooks' per-row state).
+        ``tap_bytes_by_length`` (what the tap holds after generating that many tokens, at half and all of the
+        length the runs reach; constant when the tap keeps only the newest position),
+        ``python_peak_bytes_by_length`` (tracemalloc peak of Python allocations during a hooked run, which covers
+        the hooks' per-row state) and ``probe_history_pairs_by_length`` (the ``(thinking_tokens, confidence)``
+        pairs ProbeStopping keeps, one per probe: the only per-row state that grows, here with a probe every
+        token).
     """
     import torch
     from transformers import LogitsProcessorList
@@ -195,6 +198,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
 
         tap_bytes: dict[str, int] = {}
         py_peak: dict[str, int] = {}
+        history_pairs: dict[str, int] = {}
         # time inside the tap's forward hook, on a decoding-step-shaped output (B, 1, hidden)
         hook = tap._layer_hook(tap.layers[0])
         step_out = torch.zeros(batch_size, 1, hidden, device=device)
@@ -209,7 +213,9 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         tap_hook_s = statistics.median(blocks)
 
         tap.attach()
-        for length in sorted({max(1, max_new_tokens // 2), max_new_tokens}):
+        # lengths the generation really reaches (rows may all end at EOS before max_new_tokens)
+        taken = int(reference.shape[1] - prompt_len)
+        for length in sorted({max(1, taken // 2), max(1, taken)}):
             bf.reset()
             tap.reset()
             tracemalloc.start()
@@ -219,6 +225,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
             py_peak[str(length)] = int(tracemalloc.get_traced_memory()[1])
             tracemalloc.stop()
             tap_bytes[str(length)] = _held_bytes(tap)
+            history_pairs[str(length)] = sum(len(h) for h in probe.history)
     finally:
         tap.remove()
         if gc_was_enabled:
@@ -260,6 +267,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "hooks": ["BudgetForcing", "HiddenStateTap(layers=(-1,))", "ProbeStopping(every=1, linear predictor)"],
         "tap_bytes_by_length": tap_bytes,
         "python_peak_bytes_by_length": py_peak,
+        "probe_history_pairs_by_length": history_pairs,
         "hidden_size": hidden,
         "vocab_size": int(model.config.vocab_size),
         "torch_threads": torch.get_num_threads(),
