@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 __all__ = ["ControllerConfig", "STRATEGY_KINDS",
            "TOKEN_CAP", "INITIAL_BUDGET", "BUDGET_FACTOR", "MAX_ANSWER_TOKENS", "MAX_SAMPLES", "WAVE_SIZE",
-           "TEMPERATURE", "EASY_CAP", "EASY_ABOVE", "HARD_BELOW"]
+           "TEMPERATURE", "EASY_CAP", "EASY_ABOVE", "HARD_BELOW", "PROMPT_BATCH", "MAX_ROWS", "CONFIDENCE_WINDOW"]
 
 #: Strategies the router may choose between.
 STRATEGY_KINDS = ("easy", "serial", "parallel")
@@ -32,6 +32,13 @@ WAVE_SIZE = 5
 TEMPERATURE = 0.7
 #: Token cap of the "easy" route (one short answer): two initial budgets (thinking B0, then a forced answer).
 EASY_CAP = 2 * INITIAL_BUDGET + MAX_ANSWER_TOKENS + 16
+#: Prompts prefilled and routed together (one shared KV cache per batch of prompts).
+PROMPT_BATCH = 32
+#: Most rows (prompts x samples) per ``model.generate`` call.
+MAX_ROWS = 256
+#: DeepConf's sliding window of token confidences, scaled to short traces (the paper uses 2048 tokens on traces of
+#: 10k+; Fu et al. 2025, arXiv:2508.15260).
+CONFIDENCE_WINDOW = 32
 #: Routing thresholds on the calibrated P(one sample solves the query). Placeholders chosen symmetric around 1/2
 #: (an even split of the probability scale into three routes); they are config fields precisely because the fitted
 #: routing table (from traces: which strategy has the best accuracy per token at each difficulty) replaces them.
@@ -72,6 +79,12 @@ class ControllerConfig:
         parallel, otherwise serial. These are placeholders until the routing table is fitted from traces.
     easy_cap : int
         ``token_cap`` of the easy route.
+    prompt_batch : int
+        Prompts prefilled, routed and generated together.
+    max_rows : int
+        Most rows (prompts x samples) in one ``model.generate`` call.
+    confidence_window : int
+        Sliding window (tokens) of DeepConf's group confidence.
     weighted_vote : bool
         Weight each parallel sample's vote by the calibrated confidence predictor at the end of its thinking
         (needs a confidence predictor; costs no extra tokens, but keeps every layer's hidden states of a wave
@@ -94,12 +107,15 @@ class ControllerConfig:
     easy_above: float = EASY_ABOVE
     hard_below: float = HARD_BELOW
     easy_cap: int = EASY_CAP
+    prompt_batch: int = PROMPT_BATCH
+    max_rows: int = MAX_ROWS
+    confidence_window: int = CONFIDENCE_WINDOW
     weighted_vote: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("token_cap", "initial_budget", "budget_factor", "max_answer_tokens", "max_samples",
-                     "wave_size", "easy_cap"):
+                     "wave_size", "easy_cap", "prompt_batch", "max_rows", "confidence_window"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r} must be an integer >= 1")

@@ -1,39 +1,52 @@
-"""The adaptive controller: route by difficulty, think in doubling budgets from the KV cache, or sample and vote.
+"""The adaptive controller: route by difficulty, think with probed confidence, or sample in waves and vote -- batched.
+
+Every strategy runs as a few batched ``model.generate`` calls steered by :mod:`thinkctl.stopping` hooks:
+
+* the prompts of a call are prefilled once, left-padded, into one KV cache (its last position cropped off so that
+  generation continues from it); the difficulty predictor reads the prompt's last hidden state from that pass;
+* serial thinking is one greedy generation per row under :class:`~thinkctl.stopping.BudgetForcing` (the token cap),
+  with :class:`~thinkctl.stopping.ProbeStopping` reading the calibrated confidence at the budget schedule
+  ``B0, 2 B0, 4 B0, ...`` from a :class:`~thinkctl.stopping.HiddenStateTap` -- budget doubling inside one
+  generation, so no token is ever computed twice and a probe costs no token;
+* parallel samples branch off the shared prefill in waves (the cache rows repeated), until the vote is settled.
 
 Token accounting (``ControllerResult.tokens``) follows the evaluation contract: prompt tokens once per prefill plus
-every token generated, forced or re-fed to read a hidden state. Concretely:
-
-* a prefill counts the prompt once; reading the prompt's hidden state (for routing) re-feeds its last token (+1);
-* every generated token counts once, including one the controller then discards (an EOS inside the thinking);
-* reading the confidence after a budget step re-feeds the newest token (+1 per read, "probe tokens");
-* the forced ``</think>\\nFinal Answer:`` tokens and the answer tokens count;
-* a parallel sample branches off the shared prefill by re-feeding the prompt's last token (+1 per sample);
-  a sample's tokens stop at its EOS (the padding a finished row carries in its batch is not counted).
+every token generated. Concretely: the prompt once (its last token is fed again by each row that continues from the
+cropped cache: +1 per row), every generated token including the forced ``</think>\\nFinal Answer:`` and answer
+tokens, up to and including the row's EOS (the padding a finished row carries in its batch is not counted).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from thinkctl.controller.config import ControllerConfig
 from thinkctl.controller.predictors import (HiddenStatePredictor, load_bundle_predictors, model_hidden_size,
                                             model_num_layers)
+from thinkctl.controller.routing import Route, RoutingTable
 from thinkctl.eval.voting import MajorityStabilityStopping, VoteTally
 from thinkctl.generation import ReasoningFormat, chat_prefix, reasoning_format
-from thinkctl.tasks.base import answer_section
+from thinkctl.stopping import BudgetForcing, DeadlineStopping, HiddenStateTap, ProbeStopping, think_markers
+from thinkctl.stopping.rules import StopRule
+from thinkctl.tasks.base import ANSWER_PREFIX, answer_section
 
-__all__ = ["AdaptiveController", "ControllerResult", "StopRuleLike"]
+__all__ = ["AdaptiveController", "ControllerResult", "Scorer", "StopRuleLike"]
 
 logger = logging.getLogger(__name__)
 
 #: A vote stopping rule: ``should_stop(tally, budget) -> bool`` (see :mod:`thinkctl.eval.voting`).
 StopRuleLike = Any
+#: A scorer (ORM / PRM): ``scorer(prompt, text) -> float``, higher is better; scores a full or partial solution.
+Scorer = Callable[[str, str], float]
 
 
 @dataclass
@@ -44,25 +57,21 @@ class ControllerResult:
     ----------
     answer : str
         The final answer: the task's extracted answer when a task is given and it parses, otherwise the first line
-        after the forced answer marker. Always a string: when nothing else produced one, an answer was forced
-        (at least one non-EOS answer token is generated; it is the empty string only when the model answers
-        with whitespace alone).
+        after ``Final Answer:``. Always a string (a forced stop always writes an answer).
     text : str
-        The generated text that produced the answer (thinking, forced marker, answer).
+        The generated text that produced the answer (thinking, answer marker, answer).
     confidence : float
-        In [0, 1]. Serial routes: the calibrated confidence predictor at the last read (0.0 when the
-        controller has no confidence predictor or never read it). Parallel: the winner's share of the votes (an
-        agreement frequency, not calibrated; with ``config.weighted_vote`` its share of the confidence-weighted
-        votes).
+        In [0, 1]. Serial routes: the calibrated confidence predictor at the last probe, or at the last thinking
+        token when the thinking ended before the first probe (0.0 without a confidence predictor). Parallel: the
+        winner's share of the (possibly confidence-weighted) votes -- an agreement frequency.
     tokens : int
         Tokens the model processed for this prompt (see the module docstring).
     samples : int
         Generations drawn (1 for serial routes).
     strategy : str
-        The route or baseline that produced the answer (``"serial"``, ``"easy"``, ``"parallel"``, ``"fixed@256"``, ...).
+        The route or baseline that produced the answer (``"serial"``, ``"easy"``, ``"parallel"``, ``"fixed@256"``...).
     trace : list of dict
-        Decision records in order: ``{"event": "route" | "think" | "confidence" | "stop" | "sample_wave" |
-        "vote" | "answer", ...}``.
+        Decision records in order: ``{"event": "route" | "probe" | "stop" | "sample_wave" | "vote" | "answer", ...}``.
     """
 
     answer: str
@@ -76,17 +85,31 @@ class ControllerResult:
 
 @dataclass
 class _Prefill:
-    """A prompt's KV cache over all but its last token, and the tokens already counted for it."""
+    """Left-padded prompts and their shared KV cache over all but the last position."""
 
-    prefix: list[int]
-    cache: Any
-    tokens: int
-    hidden: dict[int, torch.Tensor]
+    prompts: list[str]
+    prefixes: list[list[int]]
+    ids: torch.Tensor  # (P, W)
+    mask: torch.Tensor  # (P, W)
+    cache: Any  # W - 1 positions
+    hidden: dict[int, torch.Tensor]  # output_hidden_states index -> (P, hidden) at the last prompt token
+
+
+@dataclass
+class _Rows:
+    """One batched generation: per row, what it generated and why its thinking ended."""
+
+    gen: list[list[int]]
+    thinking: list[int]
+    reasons: list[str]
+    probes: list[list[tuple[int, float]]]
+    end_confidence: list[float]
+    low_confidence: list[bool]
+    extra_tokens: list[int]
 
 
 def _cache_kwarg() -> str:
-    """The keyword under which this transformers passes a KV cache (``cache`` from v5.x, ``past_key_values``
-    before)."""
+    """The keyword under which this transformers passes a KV cache."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
@@ -95,12 +118,7 @@ def _cache_kwarg() -> str:
 _CACHE_KW = _cache_kwarg()
 
 
-def _cache_of(out: Any) -> Any:
-    return getattr(out, _CACHE_KW)
-
-
 def _crop_to(cache: Any, length: int) -> None:
-    """Drop the newest positions of ``cache`` so that it holds ``length`` (negative crop: both cache APIs)."""
     extra = cache.get_seq_length() - length
     if extra < 0:
         raise RuntimeError(f"cache holds {cache.get_seq_length()} positions, fewer than {length}")
@@ -123,37 +141,66 @@ class _Clock:
         return r is not None and r <= 0
 
 
+class _ThinkingEndState(StopRule):
+    """Never fires: keeps each row's tapped state at its newest thinking token (the end of its thinking, once it
+    closes), so that a confidence can be read where no probe ran, at no token cost."""
+
+    def __init__(self, tap: HiddenStateTap, layer: int) -> None:
+        super().__init__()
+        self.tap = tap
+        self.layer = layer
+        self.state: torch.Tensor | None = None
+
+    def _begin(self, input_ids: torch.Tensor) -> None:
+        self.state = None
+
+    def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+                n_tokens: Sequence[int]) -> list[bool]:
+        h = self.tap.get(self.layer)
+        if self.state is None:
+            self.state = h.detach().clone()
+        else:
+            rows = torch.tensor(thinking, dtype=torch.bool, device=h.device)
+            self.state[rows] = h[rows]
+        return [False] * input_ids.shape[0]
+
+
 class AdaptiveController:
-    """Decide per query how much a reasoning LM thinks, while it generates.
+    """Decide per query how much a reasoning LM thinks, while it generates; batched over prompts.
 
-    Each prompt is routed by the difficulty predictor's P(one sample solves it): ``>= config.easy_above`` ->
-    ``"easy"`` (serial thinking under the small ``config.easy_cap``), ``< config.hard_below`` -> ``"parallel"``
-    (samples in waves, stopped by the vote), otherwise ``"serial"``. Without a difficulty predictor every prompt
-    goes serial. The two thresholds are configuration placeholders: the routing table fitted from traces (which
-    route is most accurate per token at each difficulty) is the next step and will replace them.
+    Routing: the difficulty predictor's calibrated P(one sample solves the query) picks a route from the
+    :class:`~thinkctl.controller.routing.RoutingTable` fitted on traces (``thinkctl calibrate`` writes it into the
+    bundle): ``"easy"`` (one short answer under ``config.easy_cap``), ``"serial"`` (think to the token cap with
+    confidence probes) or ``"parallel"`` (samples in waves, stopped by the vote, at most the route's samples).
+    Without a routing table the thresholds ``config.easy_above`` / ``config.hard_below`` apply; without a difficulty
+    predictor every prompt goes serial.
 
-    Serial: greedy thinking in budget steps ``B0, 2*B0, 4*B0, ...`` up to the cap, each step continuing from the
-    previous step's KV cache (no token is computed twice except the one re-fed to read a hidden state). After each
-    step the calibrated confidence is read at the predictor's layer; the answer is forced as soon as it reaches the
-    confidence predictor's threshold, when the model closes its thinking, at the cap, or at the deadline.
+    Serial: greedy thinking; the calibrated confidence is read at thinking budgets ``B0, 2*B0, 4*B0, ...`` (the
+    doubling schedule of ``config.budgets``) inside the same generation, and the answer is forced once it reaches
+    the confidence predictor's Learn-then-Test threshold, at the cap, or at the deadline.
 
-    Parallel: samples drawn in waves of ``config.wave_size`` that all branch off one prefill of the prompt, until
-    ``stop_rule`` (default: :class:`~thinkctl.eval.voting.MajorityStabilityStopping`) says the vote is settled or
-    ``config.max_samples`` are in; the answer is the majority.
+    Parallel: waves of ``config.wave_size`` samples per prompt branch off the shared prefill until ``stop_rule``
+    (default :class:`~thinkctl.eval.voting.MajorityStabilityStopping`) says the vote is settled or the sample budget
+    is spent; the answer is the (optionally confidence-weighted) majority, or the best-scored sample with a scorer.
 
     Parameters
     ----------
-    model : transformers causal LM
-    tokenizer : its tokenizer (with a chat template)
+    model, tokenizer
+        A transformers causal LM and its tokenizer (with a chat template).
     confidence : HiddenStatePredictor, optional
-        Calibrated P(the answer forced now is right) with its stop threshold.
+        Calibrated P(the answer forced now is right), with its stop threshold.
     difficulty : HiddenStatePredictor, optional
         Calibrated P(one sample solves the query), read at the prompt's last token.
     config : ControllerConfig
     task : object with ``extract_answer(text)``, optional
         Extracts answers for voting and for ``ControllerResult.answer``.
     stop_rule : vote stopping rule, optional
-        For the parallel route; default ``MajorityStabilityStopping()`` (the "adaptive" rule).
+        Of the parallel route; default ``MajorityStabilityStopping()``.
+    routing : RoutingTable, optional
+        Difficulty -> route; default: the thresholds of ``config``.
+    scorer : callable, optional
+        An outcome or process reward model ``scorer(prompt, text) -> float`` (full or partial solution) for best-of-N;
+        default: the calibrated confidence predictor at each sample's end of thinking.
 
     Examples
     --------
@@ -164,36 +211,48 @@ class AdaptiveController:
 
     def __init__(self, model: Any, tokenizer: Any, *, confidence: HiddenStatePredictor | None = None,
                  difficulty: HiddenStatePredictor | None = None, config: ControllerConfig = ControllerConfig(),
-                 task: Any = None, stop_rule: StopRuleLike | None = None) -> None:
+                 task: Any = None, stop_rule: StopRuleLike | None = None,
+                 routing: RoutingTable | None = None, scorer: Scorer | None = None) -> None:
         if not isinstance(config, ControllerConfig):
             raise ValueError(f"config must be a ControllerConfig, got {type(config).__name__}")
+        if routing is not None and not isinstance(routing, RoutingTable):
+            raise ValueError(f"routing must be a RoutingTable, got {type(routing).__name__}")
         self.model = model
         self.tokenizer = tokenizer
         self.confidence = confidence
         self.difficulty = difficulty
         self.config = config
         self.task = task
+        self.routing = routing
+        self.scorer = scorer
         self.stop_rule = stop_rule if stop_rule is not None else MajorityStabilityStopping()
         self.fmt: ReasoningFormat = reasoning_format(tokenizer)
+        self.think_start, self.think_end = think_markers(tokenizer)
         self.n_layers = model_num_layers(model)
-        for name, pred in (("confidence", confidence), ("difficulty", difficulty)):
+        for pred in (confidence, difficulty):
             if pred is not None:
                 pred.hidden_index(self.n_layers)  # raises on a layer the model does not have
         for name, cap in (("token_cap", config.token_cap), ("easy_cap", config.easy_cap)):
             if self._thinking_cap(cap) < 1:
                 raise ValueError(f"{name}={cap} leaves no room for thinking after the forced answer "
                                  f"({len(self.fmt.force_answer_ids)} marker tokens + max_answer_tokens="
-                                 f"{config.max_answer_tokens}); raise {name}")
+                                 f"{config.max_answer_tokens} + EOS); raise {name}")
         self.hidden_size = model_hidden_size(model)
+        self._static_ok = True
 
     @classmethod
     def load(cls, bundle_dir: Any, model: Any, tokenizer: Any, config: ControllerConfig | None = None,
              **kwargs: Any) -> "AdaptiveController":
-        """A controller with the predictors, calibrators and stop threshold of a bundle folder.
+        """A controller with the predictors, calibrators, stop threshold and routing table of a bundle folder.
 
         Raises ValueError when the bundle's probes were trained on another model (hidden size mismatch).
         """
+        from pathlib import Path
+
         confidence, difficulty, _ = load_bundle_predictors(bundle_dir, model)
+        path = Path(bundle_dir) / "routing.json"
+        if "routing" not in kwargs and path.is_file():
+            kwargs["routing"] = RoutingTable.load(path)
         return cls(model, tokenizer, confidence=confidence, difficulty=difficulty,
                    config=config if config is not None else ControllerConfig(), **kwargs)
 
@@ -203,313 +262,489 @@ class AdaptiveController:
     def generate(self, prompts: Sequence[str]) -> list[ControllerResult]:
         """Answer each prompt adaptively; one result per prompt, in order.
 
-        ``config.deadline_s`` bounds the whole call: prompts reached after the deadline get an answer forced
-        without thinking, and a running generation stops at the deadline and forces its answer.
+        ``config.deadline_s`` bounds the whole call: a running generation is stopped at the deadline and its answer
+        forced; prompts reached after it get an answer forced without thinking.
         """
         clock = _Clock(self.config.deadline_s)
-        out = []
-        for i, prompt in enumerate(self._check_prompts(prompts)):
-            out.append(self._adaptive_one(prompt, clock, i))
-        return out
+        return self._chunked(prompts, lambda pre, c: self._adaptive(pre, clock, c))
 
     @torch.no_grad()
     def run_serial(self, prompts: Sequence[str], *, budgets: Sequence[int] | None = None, use_confidence: bool = True,
-                   cap: int | None = None, name: str = "serial") -> list[ControllerResult]:
-        """The serial strategy alone (no routing): e.g. ``budgets=[B], use_confidence=False`` is fixed budget B."""
+                   cap: int | None = None, name: str = "serial", stop_rules: Callable[[], list[StopRule]] | None = None
+                   ) -> list[ControllerResult]:
+        """The serial strategy alone (no routing): e.g. ``budgets=[B], use_confidence=False`` is fixed budget B.
+
+        ``stop_rules`` makes extra :class:`~thinkctl.stopping.rules.StopRule` s per generation (e.g. Dynasor's
+        answer consistency); a row stops at whichever fires first.
+        """
         clock = _Clock(self.config.deadline_s)
-        return [self._serial(self._prefill(p, read=False), clock, budgets=budgets, use_confidence=use_confidence,
-                             cap=cap, name=name, trace=[])
-                for p in self._check_prompts(prompts)]
+
+        def run(pre: _Prefill, chunk: int) -> list[ControllerResult]:
+            rows = list(range(len(pre.prompts)))
+            traces: list[list[dict[str, Any]]] = [[] for _ in rows]
+            return self._serial(pre, rows, clock, budgets=budgets, use_confidence=use_confidence,
+                                cap=cap or self.config.token_cap, name=name, traces=traces, extra_rules=stop_rules)
+
+        return self._chunked(prompts, run, read=False)
 
     @torch.no_grad()
     def run_parallel(self, prompts: Sequence[str], *, stop_rule: StopRuleLike | None = None,
-                     max_samples: int | None = None, name: str = "parallel") -> list[ControllerResult]:
-        """The parallel strategy alone; ``stop_rule=None`` uses the controller's rule, ``False`` draws all N."""
+                     max_samples: int | None = None, name: str = "parallel", scorer: Scorer | str | None = None,
+                     weighted: bool | None = None, drop_low_confidence: Any = None,
+                     wave_size: int | None = None) -> list[ControllerResult]:
+        """The parallel strategy alone.
+
+        ``stop_rule=None`` uses the controller's rule, ``False`` draws all ``max_samples`` (self-consistency).
+        ``scorer`` picks the best-scored sample instead of voting (best-of-N): a callable ``(prompt, text) ->
+        float`` or ``"confidence"`` (the calibrated confidence predictor at each sample's end of thinking).
+        ``drop_low_confidence`` is a DeepConf-online policy (see :mod:`thinkctl.controller.strategies`).
+        """
         clock = _Clock(self.config.deadline_s)
-        rule = self.stop_rule if stop_rule is None else stop_rule
+        rule = self.stop_rule if stop_rule is None else (stop_rule or None)
         n = self.config.max_samples if max_samples is None else int(max_samples)
         if n < 1:
             raise ValueError(f"max_samples={n} must be >= 1")
-        return [self._parallel(self._prefill(p, read=False), clock, rule=rule or None, n=n, name=name, trace=[],
-                               index=i)
-                for i, p in enumerate(self._check_prompts(prompts))]
+        if scorer == "confidence" and self.confidence is None:
+            raise ValueError("scorer='confidence' needs a confidence predictor (load the controller from a bundle)")
 
-    # -- routing --------------------------------------------------------------------------------------------------
+        def run(pre: _Prefill, chunk: int) -> list[ControllerResult]:
+            rows = list(range(len(pre.prompts)))
+            return self._parallel(pre, rows, clock, rule=rule, budgets=[n] * len(rows), name=name,
+                                  traces=[[] for _ in rows], chunk=chunk, scorer=scorer, weighted=weighted,
+                                  drop=drop_low_confidence, wave_size=wave_size)
 
-    def _check_prompts(self, prompts: Sequence[str]) -> list[str]:
+        return self._chunked(prompts, run, read=False)
+
+    # -- batching -------------------------------------------------------------------------------------------------
+
+    def _chunked(self, prompts: Sequence[str], run: Callable[[_Prefill, int], list[ControllerResult]], *,
+                 read: bool = True) -> list[ControllerResult]:
         if isinstance(prompts, str):
             raise ValueError("prompts must be a list of strings; wrap a single prompt as [prompt]")
-        return list(prompts)
-
-    def _route(self, p_solve: float | None) -> str:
-        cfg = self.config
-        if p_solve is None:
-            want = "serial"
-        elif p_solve >= cfg.easy_above:
-            want = "easy"
-        elif p_solve < cfg.hard_below:
-            want = "parallel"
-        else:
-            want = "serial"
-        if want in cfg.strategies:
-            return want
-        return "serial" if "serial" in cfg.strategies else cfg.strategies[0]
-
-    def _adaptive_one(self, prompt: str, clock: _Clock, index: int) -> ControllerResult:
-        trace: list[dict[str, Any]] = []
-        pre = self._prefill(prompt, read=self.difficulty is not None)
-        if clock.expired():
-            trace.append({"event": "stop", "reason": "deadline", "thinking_tokens": 0})
-            return self._force_answer(pre, list(pre.prefix), pre.cache, pre.tokens, 0.0, trace, "serial",
-                                      thinking=[])
-        p_solve = None
-        if self.difficulty is not None:
-            p_solve = float(self.difficulty(pre.hidden[self.difficulty.hidden_index(self.n_layers)])[0])
-        route = self._route(p_solve)
-        trace.append({"event": "route", "p_solve": p_solve, "route": route,
-                      "thresholds": {"easy_above": self.config.easy_above, "hard_below": self.config.hard_below}})
-        if route == "parallel":
-            return self._parallel(pre, clock, rule=self.stop_rule, n=self.config.max_samples, name=route,
-                                  trace=trace, index=index)
-        cap = self.config.easy_cap if route == "easy" else self.config.token_cap
-        return self._serial(pre, clock, budgets=None, use_confidence=True, cap=cap, name=route, trace=trace)
-
-    # -- model steps ----------------------------------------------------------------------------------------------
+        prompts = list(prompts)
+        for p in prompts:
+            if not isinstance(p, str):
+                raise ValueError(f"prompts must be strings, got {type(p).__name__}")
+        out: list[ControllerResult] = []
+        size = self.config.prompt_batch
+        for c, start in enumerate(range(0, len(prompts), size)):
+            pre = self._prefill(prompts[start:start + size], read=read and self.difficulty is not None)
+            out.extend(run(pre, c))
+        return out
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
-    def _prefill(self, prompt: str, *, read: bool) -> _Prefill:
-        """One forward pass over the prompt; the cache is cropped to all but the last token so that generation
-        (which must feed at least one token) continues from it."""
-        prefix = chat_prefix(self.tokenizer, prompt)
-        ids = torch.tensor([prefix], dtype=torch.long, device=self._device())
-        out = self.model(input_ids=ids, use_cache=True, output_hidden_states=read)
-        cache = _cache_of(out)
-        hidden = {}
-        if read:
-            hidden = {i: h[:, -1, :] for i, h in enumerate(out.hidden_states)}  # each (1, hidden)
-        _crop_to(cache, len(prefix) - 1)
-        # the prompt once; its last token is fed again by whatever continues from the cropped cache
-        return _Prefill(prefix=prefix, cache=cache, tokens=len(prefix) + 1, hidden=hidden)
+    def _prefill(self, prompts: list[str], *, read: bool) -> _Prefill:
+        """One forward pass over the left-padded prompts; the cache is cropped to all but the last position so that
+        generation (which feeds at least one token) continues from it."""
+        prefixes = [chat_prefix(self.tokenizer, p) for p in prompts]
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.fmt.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(prefixes):
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p):] = 1
+        dev = self._device()
+        ids, mask = ids.to(dev), mask.to(dev)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                         output_hidden_states=read)
+        cache = getattr(out, _CACHE_KW)
+        hidden = {i: h[:, -1, :] for i, h in enumerate(out.hidden_states)} if read else {}
+        _crop_to(cache, width - 1)
+        return _Prefill(prompts=prompts, prefixes=prefixes, ids=ids, mask=mask, cache=cache, hidden=hidden)
 
-    def _generate(self, ids: list[int] | list[list[int]], cache: Any, max_new_tokens: int, *, stop_ids: Sequence[int],
-                  sample: bool = False, min_new_tokens: int = 0, max_time: float | None = None,
-                  hidden: bool = False) -> tuple[list[list[int]], Any, Any]:
-        rows = ids if ids and isinstance(ids[0], list) else [ids]
-        x = torch.tensor(rows, dtype=torch.long, device=self._device())
-        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=list(stop_ids) or None,
-                                  pad_token_id=self.fmt.pad_id, do_sample=sample, return_dict_in_generate=True,
-                                  use_cache=True)
-        if sample:
-            kw.update(temperature=float(self.config.temperature), top_k=0, top_p=1.0)
-        else:
-            kw.update(temperature=None, top_k=None, top_p=None)
-        if min_new_tokens:
-            kw["min_new_tokens"] = min_new_tokens
-        if max_time is not None:
-            kw["max_time"] = max(max_time, 1e-6)
-        if hidden:
-            kw["output_hidden_states"] = True
-        kw[_CACHE_KW] = cache
-        out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kw)
-        return out.sequences[:, x.shape[1]:].tolist(), _cache_of(out), (out.hidden_states if hidden else None)
+    def _row_cache(self, cache: Any, index: torch.Tensor, max_len: int) -> Any:
+        """The prefill cache's rows ``index`` (repeats allowed) as a preallocated static cache of ``max_len``
+        positions (on CPU 2-5x faster than growing a dynamic cache by concatenation), or as a dynamic cache for
+        models whose layers a static cache does not cover (e.g. sliding-window attention)."""
+        if self._static_ok:
+            try:
+                from transformers import StaticCache
+                from transformers.cache_utils import StaticLayer
 
-    @torch.no_grad()
-    def _read_confidence(self, ids: list[int], cache: Any) -> float:
-        """Feed the newest token over the cache, read the predictor, and crop the cache back."""
-        assert self.confidence is not None
-        x = torch.tensor([ids[-1:]], dtype=torch.long, device=self._device())
-        n = cache.get_seq_length()
-        out = self.model(input_ids=x, use_cache=True, output_hidden_states=True, **{_CACHE_KW: cache})
-        h = out.hidden_states[self.confidence.hidden_index(self.n_layers)][:, -1, :]  # (1, hidden)
-        _crop_to(cache, n)
-        return float(self.confidence(h)[0])
+                out = StaticCache(config=self.model.config, max_cache_len=max_len)
+                if all(type(layer) is StaticLayer for layer in out.layers) and len(out.layers) == len(cache.layers):
+                    for dst, src in zip(out.layers, cache.layers):
+                        k, v = src.keys[index], src.values[index]
+                        dst.lazy_initialization(k, v)
+                        dst.keys[:, :, :k.shape[2]] = k
+                        dst.values[:, :, :v.shape[2]] = v
+                        dst.cumulative_length.fill_(k.shape[2])
+                    return out
+            except (ImportError, AttributeError, TypeError, ValueError) as exc:
+                logger.info("static cache unavailable for %s (%s); using a dynamic cache", type(self.model).__name__,
+                            exc)
+            self._static_ok = False
+        rows = copy.deepcopy(cache)
+        rows.batch_select_indices(index)
+        return rows
 
     def _thinking_cap(self, cap: int) -> int:
-        return cap - len(self.fmt.force_answer_ids) - self.config.max_answer_tokens
+        """Thinking tokens a cap leaves after the forced marker, the answer tokens and the forced EOS."""
+        return cap - len(self.fmt.force_answer_ids) - self.config.max_answer_tokens - 1
+
+    def _run_rows(self, pre: _Prefill, rows: list[int], *, sample: bool, cap: int, clock: _Clock, seed: int = 0,
+                  probe_at: Sequence[int] = (), threshold: float | None = None, read_end: bool = False,
+                  extra_rules: Callable[[], list[StopRule]] | None = None, low_confidence: float | None = None
+                  ) -> _Rows:
+        """Generate for ``rows`` (indices into the prefill, repeats allowed), in sub-batches of
+        ``config.max_rows``; each row thinks at most ``_thinking_cap(cap)`` tokens and then answers."""
+        out = _Rows([], [], [], [], [], [], [])
+        for s, start in enumerate(range(0, len(rows), self.config.max_rows)):
+            sub = rows[start:start + self.config.max_rows]
+            self._run_batch(pre, sub, out, sample=sample, cap=cap, clock=clock, seed=seed * 7919 + s,
+                            probe_at=probe_at, threshold=threshold, read_end=read_end, extra_rules=extra_rules,
+                            low_confidence=low_confidence)
+        return out
+
+    def _run_batch(self, pre: _Prefill, sub: list[int], out: _Rows, *, sample: bool, cap: int, clock: _Clock,
+                   seed: int, probe_at: Sequence[int], threshold: float | None, read_end: bool,
+                   extra_rules: Callable[[], list[StopRule]] | None, low_confidence: float | None) -> None:
+        cfg = self.config
+        dev = self._device()
+        index = torch.tensor(sub, dtype=torch.long, device=dev)
+        cache = self._row_cache(pre.cache, index, pre.ids.shape[1] + cap)
+        ids, mask = pre.ids[index], pre.mask[index]
+        remaining = clock.remaining()
+        tcap = 0 if remaining is not None and remaining <= 0 else self._thinking_cap(cap)
+
+        rules: list[StopRule] = []
+        tap = None
+        probe = end_state = None
+        conf = self.confidence
+        if conf is not None and (probe_at or read_end) and tcap > 0:
+            layer = conf.hidden_index(self.n_layers) - 1
+            tap = HiddenStateTap(self.model, layers=(layer,))
+            if probe_at:
+                probe = ProbeStopping(tap, lambda h: torch.as_tensor(conf(h)), threshold, every=None,
+                                      delimiters=[-1], layer=layer, think_start=self.think_start,
+                                      think_end=self.think_end)
+                probe.at = tuple(probe_at)  # type: ignore[attr-defined]
+                rules.append(probe)
+            if read_end:
+                end_state = _ThinkingEndState(tap, layer)
+                rules.append(end_state)
+        if remaining is not None and tcap > 0:
+            rules.append(DeadlineStopping(max(remaining, 1e-6)))
+        extra: list[StopRule] = extra_rules() if extra_rules is not None and tcap > 0 else []
+        rules.extend(extra)
+        bf = BudgetForcing(self.tokenizer, max_tokens=tcap, think_start=self.think_start, think_end=self.think_end,
+                           answer_text=ANSWER_PREFIX, max_answer_tokens=cfg.max_answer_tokens, stop_rules=rules,
+                           eos_token_id=list(self.fmt.eos_ids))
+        stopping = StoppingCriteriaList()
+        drop_rule = None
+        if low_confidence is not None:
+            from thinkctl.stopping import TokenConfidenceStopping
+
+            drop_rule = TokenConfidenceStopping(low_confidence, window=cfg.confidence_window,
+                                                tokenizer=self.tokenizer, think_start=self.think_start,
+                                                think_end=self.think_end)
+            stopping.append(drop_rule)
+        kw: dict[str, Any] = dict(max_new_tokens=cap, do_sample=sample, pad_token_id=self.fmt.pad_id,
+                                  eos_token_id=list(self.fmt.eos_ids), logits_processor=LogitsProcessorList([bf]),
+                                  stopping_criteria=stopping, return_dict_in_generate=True, use_cache=True)
+        if sample:
+            kw.update(temperature=float(cfg.temperature), top_k=0, top_p=1.0)
+            torch.manual_seed(cfg.seed * 1_000_003 + seed)
+        else:
+            kw.update(temperature=None, top_k=None, top_p=None)
+        if drop_rule is not None:
+            kw["output_scores"] = True
+        kw[_CACHE_KW] = cache
+        if probe is not None:
+            _patch_schedule(probe)
+        try:
+            if tap is not None:
+                tap.attach()
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
+        finally:
+            if tap is not None:
+                tap.remove()
+        new = gen.sequences[:, ids.shape[1]:].tolist()
+        eos = set(self.fmt.eos_ids)
+        think = bf.think_tokens.tolist()
+        reasons = bf.stop_reasons
+        dropped = drop_rule.stop.tolist() if drop_rule is not None else [False] * len(sub)
+        end_conf = [math.nan] * len(sub)
+        if end_state is not None and end_state.state is not None:
+            end_conf = [float(x) for x in conf(end_state.state)]  # type: ignore[misc]
+        for r, row in enumerate(new):
+            for j, t in enumerate(row):
+                if t in eos:
+                    row = row[:j + 1]
+                    break
+            out.gen.append(row)
+            out.thinking.append(int(think[r]))
+            reason = reasons[r]
+            if dropped[r]:
+                reason = "low_confidence"
+            elif reason is None:
+                reason = "closed" if self.think_end is not None else "eos"
+            elif reason == "max_tokens":
+                reason = "deadline" if tcap == 0 else "cap"
+            elif reason == "ProbeStopping":
+                reason = "confident"
+            elif reason == "DeadlineStopping":
+                reason = "deadline"
+            elif reason == "AnswerConsistencyStopping":
+                reason = "consistent"
+            out.reasons.append(reason)
+            out.probes.append(list(probe.history[r]) if probe is not None else [])  # type: ignore[attr-defined]
+            out.end_confidence.append(end_conf[r])
+            out.low_confidence.append(bool(dropped[r]))
+            out.extra_tokens.append(sum(int(rule.probe_tokens[r]) for rule in extra if hasattr(rule, "probe_tokens")))
+
+    # -- routing --------------------------------------------------------------------------------------------------
+
+    def _route(self, p_solve: float | None) -> Route:
+        cfg = self.config
+        if p_solve is None:
+            want = Route("serial")
+        elif self.routing is not None:
+            want = self.routing.route(p_solve)
+        elif p_solve >= cfg.easy_above:
+            want = Route("easy")
+        elif p_solve < cfg.hard_below:
+            want = Route("parallel", cfg.max_samples)
+        else:
+            want = Route("serial")
+        if want.kind in cfg.strategies:
+            return want
+        return Route("serial") if "serial" in cfg.strategies else Route(cfg.strategies[0], cfg.max_samples)
+
+    def _adaptive(self, pre: _Prefill, clock: _Clock, chunk: int) -> list[ControllerResult]:
+        n = len(pre.prompts)
+        traces: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        p_solve: list[float | None] = [None] * n
+        if self.difficulty is not None:
+            h = pre.hidden[self.difficulty.hidden_index(self.n_layers)]
+            p_solve = [float(x) for x in self.difficulty(h)]
+        routes = [self._route(p) for p in p_solve]
+        for i, (p, r) in enumerate(zip(p_solve, routes)):
+            traces[i].append({"event": "route", "p_solve": p, "route": r.kind, "samples": r.samples,
+                              "table": self.routing is not None})
+        results: list[ControllerResult | None] = [None] * n
+        for kind in ("easy", "serial"):
+            rows = [i for i, r in enumerate(routes) if r.kind == kind]
+            if rows:
+                cap = self.config.easy_cap if kind == "easy" else self.config.token_cap
+                res = self._serial(pre, rows, clock, budgets=None, use_confidence=True, cap=cap, name=kind,
+                                   traces=[traces[i] for i in rows])
+                for i, x in zip(rows, res):
+                    results[i] = x
+        rows = [i for i, r in enumerate(routes) if r.kind == "parallel"]
+        if rows:
+            res = self._parallel(pre, rows, clock, rule=self.stop_rule,
+                                 budgets=[routes[i].samples or self.config.max_samples for i in rows],
+                                 name="parallel", traces=[traces[i] for i in rows], chunk=chunk)
+            for i, x in zip(rows, res):
+                results[i] = x
+        done = [r for r in results if r is not None]
+        assert len(done) == n
+        for r, p in zip(done, p_solve):
+            r.trace[0]["p_solve"] = p
+        return done
 
     # -- serial ---------------------------------------------------------------------------------------------------
 
-    def _serial(self, pre: _Prefill, clock: _Clock, *, budgets: Sequence[int] | None, use_confidence: bool,
-                cap: int | None, name: str, trace: list[dict[str, Any]]) -> ControllerResult:
+    def _serial(self, pre: _Prefill, rows: list[int], clock: _Clock, *, budgets: Sequence[int] | None,
+                use_confidence: bool, cap: int, name: str, traces: list[list[dict[str, Any]]],
+                extra_rules: Callable[[], list[StopRule]] | None = None) -> list[ControllerResult]:
         cfg = self.config
-        cap = cfg.token_cap if cap is None else cap
         tcap = self._thinking_cap(cap)
-        plan = cfg.budgets(tcap) if budgets is None else sorted({min(int(b), tcap) for b in budgets})
-        stop_ids = list(self.fmt.eos_ids) + ([self.fmt.think_close_id] if self.fmt.think_close_id is not None else [])
         conf_pred = self.confidence if use_confidence else None
-        ids, cache, tokens = list(pre.prefix), pre.cache, pre.tokens
-        thinking: list[int] = []
-        confidence, reason = 0.0, "cap"
-        for k, budget in enumerate(plan):
-            if clock.expired():
-                reason = "deadline"
-                break
-            new, cache, _ = self._generate(ids, cache, budget - len(thinking), stop_ids=stop_ids,
-                                        max_time=clock.remaining())
-            new = new[0]
-            tokens += len(new)
-            ids += new
-            thinking += new
-            trace.append({"event": "think", "budget": budget, "new_tokens": len(new),
-                          "thinking_tokens": len(thinking), "cache_tokens": cache.get_seq_length()})
-            if new and new[-1] in stop_ids:
-                reason = "closed" if new[-1] == self.fmt.think_close_id else "eos"
-                break
-            if clock.expired():
-                reason = "deadline"
-                break
-            if k == len(plan) - 1:
-                reason = "cap"
-                break
-            if conf_pred is not None:
-                confidence = self._read_confidence(ids, cache)
-                tokens += 1
-                trace.append({"event": "confidence", "thinking_tokens": len(thinking), "confidence": confidence,
-                              "threshold": conf_pred.threshold})
-                if conf_pred.threshold is not None and confidence >= conf_pred.threshold:
-                    reason = "confident"
-                    break
-        trace.append({"event": "stop", "reason": reason, "thinking_tokens": len(thinking)})
-        return self._force_answer(pre, ids, cache, tokens, confidence, trace, name, thinking=thinking)
+        if budgets is not None:
+            plan = sorted({min(int(b), tcap) for b in budgets})
+            cap = min(cap, plan[-1] + (cap - tcap))
+        else:
+            plan = cfg.budgets(tcap)
+        probe_at = [b for b in plan if b < tcap] if conf_pred is not None else []
+        threshold = conf_pred.threshold if conf_pred is not None else None
+        out = self._run_rows(pre, rows, sample=False, cap=cap, clock=clock, probe_at=probe_at, threshold=threshold,
+                             read_end=conf_pred is not None, extra_rules=extra_rules)
+        results = []
+        for k, i in enumerate(rows):
+            trace = traces[k]
+            for t, c in out.probes[k]:
+                trace.append({"event": "probe", "thinking_tokens": t, "confidence": c, "threshold": threshold})
+            confidence = out.probes[k][-1][1] if out.probes[k] else out.end_confidence[k]
+            if math.isnan(confidence):
+                confidence = 0.0
+            stop = {"event": "stop", "reason": out.reasons[k], "thinking_tokens": out.thinking[k], "budgets": plan}
+            if out.extra_tokens[k]:
+                stop["probe_tokens"] = out.extra_tokens[k]
+            trace.append(stop)
+            results.append(self._result(pre, i, out.gen[k], 1 + len(out.gen[k]) + out.extra_tokens[k], confidence,
+                                        trace, name, 1))
+        return results
 
-    def _force_answer(self, pre: _Prefill, ids: list[int], cache: Any, tokens: int, confidence: float,
-                      trace: list[dict[str, Any]], name: str, *, thinking: list[int]) -> ControllerResult:
-        """Append the answer marker (completing a natural ``</think>``) and generate a greedy answer."""
-        force = list(self.fmt.force_answer_ids)
-        if thinking and thinking[-1] in self.fmt.eos_ids:
-            ids = ids[:-1]  # an EOS inside the thinking is replaced by the forced answer (it was never fed)
-            thinking = thinking[:-1]
-        if (thinking and self.fmt.think_close_id is not None and thinking[-1] == self.fmt.think_close_id
-                and force and force[0] == self.fmt.think_close_id):
-            force = force[1:]
-        answer, _, _ = self._generate(ids + force, cache, self.config.max_answer_tokens, stop_ids=self.fmt.eos_ids,
-                                   min_new_tokens=1)
-        answer = answer[0]
-        tokens += len(force) + len(answer)
-        gen = thinking + force + answer
-        text, ans = self._extract(gen, answer)
-        trace.append({"event": "answer", "forced_tokens": len(force), "answer_tokens": len(answer), "answer": ans})
-        return ControllerResult(answer=ans, text=text, confidence=float(confidence), tokens=int(tokens), samples=1,
+    def _result(self, pre: _Prefill, i: int, gen: list[int], generated: int, confidence: float,
+                trace: list[dict[str, Any]], name: str, samples: int, answer: str | None = None) -> ControllerResult:
+        text = self._decode(gen)
+        ans = answer if answer is not None else self._answer_of(text)
+        trace.append({"event": "answer", "answer": ans, "generated_tokens": len(gen)})
+        return ControllerResult(answer=ans if ans is not None else "", text=text, confidence=float(confidence),
+                                tokens=int(len(pre.prefixes[i]) - 1 + generated), samples=samples,
                                 strategy=name, trace=trace)
 
     def _decode(self, ids: list[int]) -> str:
         eos = set(self.fmt.eos_ids) | {self.fmt.pad_id}
         return self.tokenizer.decode([t for t in ids if t not in eos], skip_special_tokens=False)
 
-    def _extract(self, gen: list[int], answer_ids: list[int]) -> tuple[str, str]:
-        text = self._decode(gen)
-        ans = self.task.extract_answer(text) if self.task is not None else None
-        if ans is None:
-            raw = self.tokenizer.decode([t for t in answer_ids if t not in self.fmt.eos_ids], skip_special_tokens=True)
-            lines = [ln.strip() for ln in raw.strip().splitlines() if ln.strip()]
-            ans = lines[0] if lines else raw.strip()
-        return text, str(ans)
-
-    def _sample_answer(self, gen: list[int]) -> str | None:
-        """A parallel sample's vote: the task's extraction, else the first line after ``Final Answer:``."""
-        text = self._decode(gen)
+    def _answer_of(self, text: str) -> str | None:
+        """The task's extraction, else the first line after ``Final Answer:``."""
         if self.task is not None:
-            return self.task.extract_answer(text)
-        from thinkctl.tasks.base import ANSWER_PREFIX
-
-        section = answer_section(text)
-        if section is None or ANSWER_PREFIX not in section:
+            ans = self.task.extract_answer(text)
+            if ans is not None:
+                return str(ans)
+        section = answer_section(text) if self.think_end is not None else text
+        section = text if section is None else section
+        if ANSWER_PREFIX not in section:
             return None
-        rest = section.split(ANSWER_PREFIX, 1)[1].strip()
+        rest = section.rsplit(ANSWER_PREFIX, 1)[1].strip()
         return rest.splitlines()[0].strip() if rest else None
 
     # -- parallel -------------------------------------------------------------------------------------------------
 
-    def _parallel(self, pre: _Prefill, clock: _Clock, *, rule: StopRuleLike | None, n: int, name: str,
-                  trace: list[dict[str, Any]], index: int) -> ControllerResult:
+    def _parallel(self, pre: _Prefill, rows: list[int], clock: _Clock, *, rule: StopRuleLike | None,
+                  budgets: list[int], name: str, traces: list[list[dict[str, Any]]], chunk: int,
+                  scorer: Scorer | str | None = None, weighted: bool | None = None, drop: Any = None,
+                  wave_size: int | None = None) -> list[ControllerResult]:
+        """Waves of samples per prompt branching off the shared prefill, until each prompt's vote is settled."""
         cfg = self.config
-        tokens = pre.tokens - 1  # the prompt once; each sample re-feeds its last token below
-        tally = VoteTally()  # unweighted: what the stopping rules read
-        weighted = cfg.weighted_vote and self.confidence is not None
-        wtally = VoteTally()  # confidence-weighted, when weighted
-        gens: list[list[int]] = []
-        eos = set(self.fmt.eos_ids)
+        weighted = (cfg.weighted_vote if weighted is None else weighted) and self.confidence is not None
+        read_end = weighted or scorer == "confidence"
+        size = wave_size or (cfg.wave_size if rule is not None else max(budgets))
+        k_rows = len(rows)
+        tallies = [VoteTally() for _ in rows]
+        wtallies = [VoteTally() for _ in rows]
+        gens: list[list[list[int]]] = [[] for _ in rows]
+        scores: list[list[float]] = [[] for _ in rows]
+        generated = [0] * k_rows
+        status = ["budget"] * k_rows
+        active = list(range(k_rows))
+        threshold = drop.warmup(self, pre, rows, clock, chunk, traces, gens, generated) if drop is not None else None
         wave = 0
-        stopped = "budget"
-        while tally.n_seen < n:
+        while active:
             if clock.expired():
-                stopped = "deadline"
+                for k in active:
+                    status[k] = "deadline"
                 break
-            w = min(cfg.wave_size, n - tally.n_seen)
-            cache = copy.deepcopy(pre.cache)
-            cache.batch_repeat_interleave(w)
-            torch.manual_seed(cfg.seed * 1_000_003 + index * 1009 + wave)
-            rows, _, states = self._generate([list(pre.prefix)] * w, cache, cfg.token_cap,
-                                             stop_ids=self.fmt.eos_ids, sample=True, max_time=clock.remaining(),
-                                             hidden=weighted)
-            answers = []
-            for r, row in enumerate(rows):
-                for j, t in enumerate(row):
-                    if t in eos:
-                        row = row[:j + 1]
-                        break
-                rows[r] = row
-                gens.append(row)
-                tokens += 1 + len(row)
-                a = self._sample_answer(row)
-                answers.append(a)
-                tally.add(a)
-            record: dict[str, Any] = {"event": "sample_wave", "wave": wave, "size": w, "answers": answers}
-            if weighted:
-                weights = self._end_of_thinking_confidence(rows, states)
-                for a, wgt in zip(answers, weights):
-                    wtally.add(a, float(wgt))
-                record["weights"] = [float(x) for x in weights]
-            record["tokens_so_far"] = tokens
-            trace.append(record)
+            plan = [(k, min(size, budgets[k] - tallies[k].n_seen)) for k in active]
+            flat = [rows[k] for k, w in plan for _ in range(w)]
+            out = self._run_rows(pre, flat, sample=True, cap=cfg.token_cap, clock=clock,
+                                 seed=(chunk * 10_007 + wave) * 3 + 1, read_end=read_end,
+                                 low_confidence=threshold)
+            j = 0
+            for k, w in plan:
+                answers, weights, kept = [], [], []
+                for _ in range(w):
+                    row = out.gen[j]
+                    gens[k].append(row)
+                    generated[k] += 1 + len(row)
+                    a = None if out.low_confidence[j] else self._answer_of(self._decode(row))
+                    s = out.end_confidence[j]
+                    if callable(scorer):
+                        s = float(scorer(pre.prompts[rows[k]], self._decode(row)))
+                    scores[k].append(s if not math.isnan(s) else -math.inf)
+                    answers.append(a)
+                    kept.append(not out.low_confidence[j])
+                    tallies[k].add(a)
+                    if weighted and a is not None:
+                        wtallies[k].add(a, max(0.0, s if not math.isnan(s) else 0.0))
+                    weights.append(None if math.isnan(s) else s)
+                    j += 1
+                rec: dict[str, Any] = {"event": "sample_wave", "wave": wave, "size": w, "answers": answers,
+                                       "tokens_so_far": len(pre.prefixes[rows[k]]) - 1 + generated[k]}
+                if read_end or callable(scorer):
+                    rec["scores"] = weights
+                if drop is not None:
+                    rec["kept"] = kept
+                traces[k].append(rec)
             wave += 1
-            if rule is not None and rule.should_stop(tally, n):
-                stopped = "settled" if tally.n_seen < n else "budget"
-                break
-        final = wtally if weighted and wtally.ranked() and sum(v for _, v in wtally.ranked()) > 0 else tally
-        leader = final.leader()
-        trace.append({"event": "vote", "samples": tally.n_seen, "votes": [[a, v] for a, v in final.ranked()],
-                      "weighted": final is wtally, "leader": leader, "stop": stopped})
-        if leader is None:
-            # nobody voted: force an answer after the first sample's thinking (or none), recomputed from the prefill
-            thinking = self._thinking_of(gens[0]) if gens else []
-            thinking = thinking[:self._thinking_cap(cfg.token_cap)]
-            trace.append({"event": "stop", "reason": "no_votes" if gens else "deadline",
-                          "thinking_tokens": len(thinking)})
-            res = self._force_answer(pre, list(pre.prefix) + thinking, copy.deepcopy(pre.cache),
-                                     tokens + 1 + len(thinking), 0.0, trace, name, thinking=thinking)
-            res.samples = max(1, len(gens))
-            return res
-        k = next(i for i, a in enumerate(tally.history) if a == leader)
-        share = final.votes(leader) / max(1e-12, sum(v for _, v in final.ranked()))
-        return ControllerResult(answer=str(leader), text=self._decode(gens[k]), confidence=float(share),
-                                tokens=int(tokens), samples=tally.n_seen, strategy=name, trace=trace)
+            still = []
+            for k in active:
+                if tallies[k].n_seen >= budgets[k]:
+                    continue
+                if rule is not None and rule.should_stop(tallies[k], budgets[k]):
+                    status[k] = "settled"
+                    continue
+                still.append(k)
+            active = still
+        results: list[ControllerResult | None] = [None] * k_rows
+        forced = []
+        for k in range(k_rows):
+            trace = traces[k]
+            final = wtallies[k] if weighted and wtallies[k].ranked() and sum(v for _, v in wtallies[k].ranked()) > 0 \
+                else tallies[k]
+            if scorer is not None and gens[k]:
+                best = int(np.argmax(scores[k]))
+                leader = self._answer_of(self._decode(gens[k][best]))
+                trace.append({"event": "best_of", "samples": len(gens[k]), "best": best, "score": scores[k][best],
+                              "leader": leader, "stop": status[k]})
+                if leader is not None:
+                    s = scores[k][best]
+                    results[k] = self._result(pre, rows[k], gens[k][best], generated[k],
+                                              _squash(s), trace, name, len(gens[k]), answer=leader)
+                    continue
+            else:
+                leader = final.leader()
+                trace.append({"event": "vote", "samples": tallies[k].n_seen,
+                              "votes": [[a, v] for a, v in final.ranked()], "weighted": final is wtallies[k],
+                              "leader": leader, "stop": status[k]})
+            if leader is None:
+                forced.append(k)
+                continue
+            first = next(i for i, a in enumerate(tallies[k].history) if a == leader) \
+                if leader in tallies[k].history else 0
+            total = sum(v for _, v in final.ranked())
+            share = final.votes(leader) / total if total > 0 else 0.0
+            results[k] = self._result(pre, rows[k], gens[k][first], generated[k], share, trace, name,
+                                      tallies[k].n_seen, answer=str(leader))
+        if forced:
+            # nobody voted (every sample failed to answer, or the deadline came first): one greedy forced answer
+            sub = [traces[k] for k in forced]
+            for t in sub:
+                t.append({"event": "stop", "reason": "no_votes"})
+            res = self._serial(pre, [rows[k] for k in forced], clock, budgets=None, use_confidence=False,
+                               cap=cfg.easy_cap, name=name, traces=sub)
+            for k, r in zip(forced, res):
+                r.tokens += generated[k]
+                r.samples = max(1, len(gens[k]) + 1)
+                results[k] = r
+        return [r for r in results if r is not None]
 
-    def _end_of_thinking_confidence(self, rows: list[list[int]], states: Any) -> Any:
-        """Calibrated confidence at the last thinking token of each row of a wave, from ``generate``'s hidden states.
 
-        Step ``t`` of ``states`` holds the state of the token fed at that step: the prompt's last token at step 0,
-        generated token ``t - 1`` after. A row whose thinking ends at ``</think>`` (or EOS) at index ``k`` uses step
-        ``k`` (its last thinking token); a row cut by the cap uses the newest state computed.
-        """
-        assert self.confidence is not None
-        idx = self.confidence.hidden_index(self.n_layers)
-        picked = []
-        for r, row in enumerate(rows):
-            k = len(self._thinking_of(row))
-            step = min(k, len(states) - 1)
-            picked.append(states[step][idx][r, -1, :])
-        return self.confidence(torch.stack(picked))  # (w,)
+def _squash(score: float) -> float:
+    """A scorer's value as a confidence in [0, 1] (probabilities pass through, other scores go through a sigmoid)."""
+    if math.isinf(score) or math.isnan(score):
+        return 0.0
+    return score if 0.0 <= score <= 1.0 else 1.0 / (1.0 + math.exp(-score))
 
-    def _thinking_of(self, gen: list[int]) -> list[int]:
-        """The thinking of a generation: up to ``</think>`` (excluded) or its EOS."""
-        out = []
-        for t in gen:
-            if t == self.fmt.think_close_id or t in self.fmt.eos_ids:
-                break
-            out.append(t)
-        return out
 
+def _patch_schedule(probe: ProbeStopping) -> None:
+    """Probe at exactly the thinking-token counts in ``probe.at`` and keep each row's (tokens, confidence) history."""
+    at = frozenset(getattr(probe, "at", ()))
+    base_begin = probe._begin
+
+    def begin(input_ids: torch.Tensor) -> None:
+        base_begin(input_ids)
+        probe.history = [[] for _ in range(input_ids.shape[0])]  # type: ignore[attr-defined]
+
+    def decide(input_ids: torch.Tensor, scores: Any, thinking: Sequence[bool], n_tokens: Sequence[int]) -> list[bool]:
+        due = [th and not probe._stop[r] and n in at for r, (th, n) in enumerate(zip(thinking, n_tokens))]
+        if not any(due):
+            return due
+        conf = probe.predict(probe.tap.get(probe.layer)).tolist()
+        fire = []
+        for r, d in enumerate(due):
+            if d:
+                probe.history[r].append((int(n_tokens[r]), float(conf[r])))  # type: ignore[attr-defined]
+            fire.append(d and probe.threshold is not None and conf[r] >= probe.threshold)
+        return fire
+
+    probe._begin = begin  # type: ignore[method-assign]
+    probe._decide = decide  # type: ignore[method-assign]
+    probe.history = []  # type: ignore[attr-defined]

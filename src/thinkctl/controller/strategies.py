@@ -1,9 +1,12 @@
 """Test-time strategies behind one interface: ``strategy(controller, prompts) -> list[ControllerResult]``.
 
 Names are ``base`` or ``base@param``: ``fixed@B`` (think greedily up to B tokens, then force the answer; s1's budget
-forcing without early stop), ``sc@N`` (self-consistency: N samples, majority vote), ``esc`` / ``asc`` (samples with
-the ESC / ASC stopping rules, up to ``config.max_samples``, or ``esc@N`` / ``asc@N``), ``adaptive`` (the controller's
-own routing). All share the controller's model, tokenizer, task, token cap and deadline, and count tokens the same
+forcing without early stop), ``sc@N`` (self-consistency: N samples, majority vote), ``best_of@N`` (N samples, the
+best by the controller's scorer -- a reward model ``scorer(prompt, text)``, or by default the calibrated confidence
+probe at each sample's end of thinking), ``esc`` / ``asc`` (samples with the ESC / ASC stopping rules, up to
+``config.max_samples``, or ``esc@N`` / ``asc@N``), ``dynasor`` (greedy thinking to the cap, stopped when the answers
+forced every 32 tokens agree 3 times in a row -- Dynasor's probe-in-the-middle, Fu et al. 2024, arXiv:2412.20993;
+the probes' tokens count), ``adaptive`` (the controller's own routing). All share the controller's model, tokenizer, task, token cap and deadline, and count tokens the same
 way, so that they compare at matched compute.
 
 Examples
@@ -55,6 +58,40 @@ def _sc(param: int | None, name: str) -> Strategy:
     return run
 
 
+@STRATEGIES.register("best_of")
+def _best_of(param: int | None, name: str) -> Strategy:
+    n = _need(param, name, "number of samples")
+
+    def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+        scorer = controller.scorer if controller.scorer is not None else "confidence"
+        return controller.run_parallel(prompts, stop_rule=False, max_samples=n, name=name, scorer=scorer)
+
+    return run
+
+
+@STRATEGIES.register("dynasor")
+def _dynasor(param: int | None, name: str) -> Strategy:
+    from thinkctl.stopping import AnswerConsistencyStopping, ForcedAnswerProber
+
+    every = 32 if param is None else param
+
+    def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+        task = controller.task
+
+        def extract(text: str) -> str | None:
+            return task.extract_answer("Final Answer: " + text) if task is not None else (text.strip() or None)
+
+        def rules() -> list:
+            prober = ForcedAnswerProber(controller.model, controller.tokenizer, think_end=controller.think_end,
+                                        max_answer_tokens=controller.config.max_answer_tokens, extract=extract)
+            return [AnswerConsistencyStopping(prober, controller.tokenizer, every=every, k=3,
+                                              think_start=controller.think_start, think_end=controller.think_end)]
+
+        return controller.run_serial(prompts, use_confidence=False, name=name, stop_rules=rules)
+
+    return run
+
+
 def _rule_strategy(rule: Any) -> Callable[[int | None, str], Strategy]:
     def factory(param: int | None, name: str) -> Strategy:
         def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
@@ -81,7 +118,8 @@ def _adaptive(param: int | None, name: str) -> Strategy:
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy called ``name`` (``"fixed@256"``, ``"sc@8"``, ``"esc"``, ``"asc@20"``, ``"adaptive"``)."""
+    """The strategy called ``name`` (``"fixed@256"``, ``"sc@8"``, ``"best_of@8"``, ``"esc"``, ``"asc@20"``,
+    ``"dynasor"``, ``"adaptive"``)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"strategy name must be a non-empty string, got {name!r}")
     base, sep, raw = name.partition("@")

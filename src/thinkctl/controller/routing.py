@@ -1,0 +1,220 @@
+"""Compute-optimal routing fitted from traces: which route answers a query of a given difficulty best per token.
+
+Snell et al. (2024, "Scaling LLM Test-Time Compute Optimally can be More Effective than Scaling Model Parameters",
+arXiv:2408.03314) choose, per difficulty bin, the test-time strategy that maximises accuracy at a compute budget. The
+:class:`RoutingTable` is that choice for thinkctl's routes:
+
+* ``easy``: one greedy answer whose thinking is capped at the easy budget (forced answer);
+* ``serial``: one greedy answer, thinking to the token cap (with confidence-probed early stopping);
+* ``parallel@k``: up to ``k`` samples and a majority vote.
+
+:func:`fit_routing_table` estimates each route's accuracy and tokens per problem from recorded traces (the greedy
+sample, its forced answers at checkpoints, the sampled answers), bins the problems by calibrated difficulty
+(quantiles of P(one sample solves)), and picks per bin the route that maximises mean accuracy subject to a mean
+token budget -- a Lagrangian sweep over the price of a token, the feasible point with the best accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["Route", "RoutingTable", "RouteEstimates", "estimate_routes", "fit_routing_table", "routing_summary"]
+
+ROUTE_KINDS = ("easy", "serial", "parallel")
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route: ``kind`` in ``("easy", "serial", "parallel")`` and, for parallel, the most samples."""
+
+    kind: str
+    samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROUTE_KINDS:
+            raise ValueError(f"route kind {self.kind!r} is not one of {ROUTE_KINDS}")
+        if self.kind == "parallel" and (self.samples is None or self.samples < 1):
+            raise ValueError("a parallel route needs samples >= 1")
+
+    @property
+    def name(self) -> str:
+        return f"parallel@{self.samples}" if self.kind == "parallel" else self.kind
+
+    @classmethod
+    def parse(cls, name: str) -> "Route":
+        kind, _, k = name.partition("@")
+        return cls(kind, int(k) if k else None)
+
+
+@dataclass
+class RoutingTable:
+    """Difficulty bins (upper edges on P(solve), increasing) and the route of each bin.
+
+    ``edges`` has one entry fewer than ``routes``: a query with P(solve) < edges[0] takes routes[0], and so on;
+    P(solve) >= edges[-1] takes routes[-1]. ``estimates`` keeps the fitted per-bin accuracy and tokens of every
+    candidate route (for reports), ``meta`` how the table was fitted.
+    """
+
+    edges: list[float]
+    routes: list[Route]
+    estimates: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.routes) != len(self.edges) + 1:
+            raise ValueError(f"a routing table needs len(routes) == len(edges) + 1, got {len(self.routes)} routes "
+                             f"and {len(self.edges)} edges")
+        if any(b < a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"routing edges must be increasing, got {self.edges}")
+
+    def route(self, p_solve: float) -> Route:
+        """The route for a query whose calibrated P(one sample solves it) is ``p_solve``."""
+        return self.routes[int(np.searchsorted(self.edges, p_solve, side="right"))]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        doc = {"kind": "thinkctl-routing-table", "edges": self.edges, "routes": [r.name for r in self.routes],
+               "estimates": self.estimates, "meta": self.meta}
+        Path(path).write_text(json.dumps(doc, indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "RoutingTable":
+        doc = json.loads(Path(path).read_text())
+        if doc.get("kind") != "thinkctl-routing-table":
+            raise ValueError(f"{path} is not a thinkctl routing table (kind={doc.get('kind')!r})")
+        return cls([float(e) for e in doc["edges"]], [Route.parse(r) for r in doc["routes"]],
+                   doc.get("estimates", []), doc.get("meta", {}))
+
+
+@dataclass
+class RouteEstimates:
+    """Per problem (rows) and candidate route (columns): estimated accuracy and tokens."""
+
+    problem_ids: list[str]
+    p_solve: np.ndarray
+    candidates: list[Route]
+    accuracy: np.ndarray  # (n_problems, n_candidates)
+    tokens: np.ndarray  # (n_problems, n_candidates)
+
+
+def _vote_accuracy(answers: Sequence[Any], correct: Sequence[bool], k: int, rng: np.random.Generator,
+                   draws: int) -> float:
+    """P(the plurality of k samples drawn with replacement from the recorded ones is right); ties go to the
+    answer seen first, as in :class:`~thinkctl.eval.voting.VoteTally`."""
+    n = len(answers)
+    right = {a for a, c in zip(answers, correct) if c and a is not None}
+    hits = 0
+    for _ in range(draws):
+        idx = rng.integers(0, n, size=k)
+        counts: dict[Any, int] = {}
+        for i in idx:
+            a = answers[i]
+            if a is not None:
+                counts[a] = counts.get(a, 0) + 1
+        if counts:
+            best = max(counts.values())
+            leader = next(answers[i] for i in idx if answers[i] is not None and counts[answers[i]] == best)
+            hits += leader in right
+    return hits / draws
+
+
+def estimate_routes(samples: Sequence[dict[str, Any]], p_solve: dict[str, float], *, easy_thinking: int,
+                    serial_thinking: int, parallel: Sequence[int] = (4, 8, 16), draws: int = 200,
+                    seed: int = 0) -> RouteEstimates:
+    """Accuracy and tokens of each candidate route per problem, from trace rows (see :class:`TraceStore`).
+
+    A problem needs its greedy row (``greedy: True``, the first sample of ``thinkctl collect``); its sampled rows
+    estimate the vote. ``easy_thinking`` / ``serial_thinking`` are the thinking caps of the two serial routes: past
+    the cap the answer forced at the last checkpoint within it counts.
+    """
+    by_problem: dict[str, list[dict[str, Any]]] = {}
+    for row in samples:
+        if row["problem_id"] in p_solve:
+            by_problem.setdefault(row["problem_id"], []).append(row)
+    candidates = [Route("easy"), Route("serial")] + [Route("parallel", k) for k in parallel]
+    rng = np.random.default_rng(seed)
+    ids, acc, tok = [], [], []
+    for pid in sorted(by_problem):
+        rows = by_problem[pid]
+        greedy = next((r for r in rows if r.get("greedy")), None)
+        sampled = [r for r in rows if not r.get("greedy")]
+        if greedy is None or not sampled:
+            continue
+        prompt = greedy["n_prompt_tokens"]
+        a_row, t_row = [], []
+        for cap in (easy_thinking, serial_thinking):
+            overhead = greedy["n_generated"] - greedy["n_thinking"]
+            if greedy["n_thinking"] <= cap:
+                a_row.append(float(greedy["correct"]))
+                t_row.append(prompt + greedy["n_generated"])
+            else:
+                within = [c for c in greedy["checkpoints"] if c["position"] <= cap]
+                a_row.append(float(within[-1]["forced_correct"]) if within else 0.0)
+                t_row.append(prompt + cap + overhead)
+        answers = [r["answer"] for r in sampled]
+        correct = [bool(r["correct"]) for r in sampled]
+        mean_gen = float(np.mean([r["n_generated"] for r in sampled]))
+        for k in parallel:
+            a_row.append(_vote_accuracy(answers, correct, k, rng, draws))
+            t_row.append(prompt + k * (1 + mean_gen))
+        ids.append(pid)
+        acc.append(a_row)
+        tok.append(t_row)
+    if not ids:
+        raise ValueError("no problem has both a greedy and a sampled trace; collect with --samples >= 2 "
+                         "(the first sample of each problem is greedy)")
+    return RouteEstimates(ids, np.array([p_solve[i] for i in ids]), candidates, np.asarray(acc), np.asarray(tok))
+
+
+def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int = 5) -> RoutingTable:
+    """Per difficulty bin, the route that maximises mean accuracy with mean tokens at most ``token_budget``.
+
+    Bins are quantiles of P(solve) over the problems. A sweep over the price of a token ``lam`` gives, per bin, the
+    route maximising ``accuracy - lam * tokens``; the table kept is the feasible one (mean tokens within the budget)
+    with the best mean accuracy (ties: fewer tokens). When even the cheapest table exceeds the budget, the cheapest
+    is kept and ``meta["feasible"]`` is False.
+    """
+    if token_budget <= 0:
+        raise ValueError(f"token_budget={token_budget} must be positive (mean tokens per query)")
+    n = len(est.problem_ids)
+    n_bins = max(1, min(n_bins, n // 8 or 1))
+    qs = np.quantile(est.p_solve, np.linspace(0, 1, n_bins + 1)[1:-1]) if n_bins > 1 else np.array([])
+    edges = sorted(set(float(q) for q in qs))
+    bins = np.searchsorted(edges, est.p_solve, side="right")
+    n_b = len(edges) + 1
+    acc = np.array([est.accuracy[bins == b].mean(0) if (bins == b).any() else np.zeros(len(est.candidates))
+                    for b in range(n_b)])
+    tok = np.array([est.tokens[bins == b].mean(0) if (bins == b).any() else np.zeros(len(est.candidates))
+                    for b in range(n_b)])
+    weight = np.array([(bins == b).mean() for b in range(n_b)])
+    best: tuple[float, float, np.ndarray] | None = None
+    cheapest: tuple[float, float, np.ndarray] | None = None
+    for lam in np.concatenate([[0.0], np.geomspace(1e-7, 1.0, 400)]):
+        choice = np.argmax(acc - lam * tok, axis=1)
+        a = float((weight * acc[np.arange(n_b), choice]).sum())
+        t = float((weight * tok[np.arange(n_b), choice]).sum())
+        if cheapest is None or t < cheapest[1]:
+            cheapest = (a, t, choice)
+        if t <= token_budget and (best is None or a > best[0] + 1e-12 or (abs(a - best[0]) <= 1e-12 and t < best[1])):
+            best = (a, t, choice)
+    feasible = best is not None
+    a, t, choice = best if best is not None else cheapest  # type: ignore[misc]
+    estimates = [{c.name: {"accuracy": float(acc[b, j]), "tokens": float(tok[b, j])}
+                  for j, c in enumerate(est.candidates)} for b in range(n_b)]
+    meta = {"token_budget": float(token_budget), "n_problems": n, "bin_weights": weight.tolist(),
+            "expected_accuracy": a, "expected_tokens": t, "feasible": feasible,
+            "candidates": [c.name for c in est.candidates]}
+    return RoutingTable(edges, [est.candidates[j] for j in choice], estimates, meta)
+
+
+def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
+    """One row per bin: its P(solve) range and route (for reports and notebooks)."""
+    lo = [0.0] + table.edges
+    hi = table.edges + [1.0]
+    return [{"p_solve": [a, b], "route": r.name} for a, b, r in zip(lo, hi, table.routes)]
+
