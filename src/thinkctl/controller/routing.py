@@ -24,7 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Route", "RoutingTable", "RouteEstimates", "estimate_routes", "fit_routing_table", "routing_summary"]
+__all__ = ["Route", "RoutingTable", "RouteEstimates", "estimate_routes", "fit_routing_table", "fit_bundle_routing",
+           "routing_summary"]
 
 ROUTE_KINDS = ("easy", "serial", "parallel")
 
@@ -218,3 +219,53 @@ def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
     hi = table.edges + [1.0]
     return [{"p_solve": [a, b], "route": r.name} for a, b, r in zip(lo, hi, table.routes)]
 
+
+
+def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None, token_budget_multiple: float = 3.0,
+                       n_bins: int = 5, seed: int = 0) -> RoutingTable:
+    """Calibrate a bundle's difficulty probe and fit its routing table on the bundle's calibration problems.
+
+    The difficulty probe's logits on the prompt states are Platt-scaled against whether each sample solved its
+    problem (``calibration/difficulty.json``); the routes' accuracy and tokens come from the bundle's traces
+    (:func:`estimate_routes`); the token budget is ``token_budget_multiple`` times the mean tokens of one greedy
+    answer on those problems. Writes ``routing.json`` into the bundle and returns the table.
+    """
+    from thinkctl.calibration.calibrators import make_calibrator
+    from thinkctl.controller.config import ControllerConfig
+    from thinkctl.predictors.probe import HiddenStateProbe
+    from thinkctl.traces.store import TraceStore
+
+    cfg = config if config is not None else ControllerConfig()
+    if token_budget_multiple <= 0:
+        raise ValueError(f"token_budget_multiple={token_budget_multiple} must be positive")
+    bdir = Path(bundle_dir)
+    meta = json.loads((bdir / "bundle.json").read_text())
+    if not (bdir / "difficulty_probe").is_dir():
+        raise FileNotFoundError(f"{bdir} has no difficulty_probe; `thinkctl train` writes one when the traces hold "
+                                "prompt states")
+    store = TraceStore(meta["trace_store"])
+    probe = HiddenStateProbe.load(bdir / "difficulty_probe")
+    layer = int(probe.layer) if probe.layer is not None else int(meta["confidence_layer"])
+    sa = store.sample_arrays(layer)
+    calib = set(meta["split"]["calib"])
+    mask = np.array([g in calib for g in sa.groups])
+    if mask.sum() < 8:
+        raise ValueError(f"the bundle's calibration split has {int(mask.sum())} samples; routing needs more "
+                         "(collect more problems)")
+    logits = probe.decision_function(sa.X)
+    cal = make_calibrator("platt").fit(logits[mask], sa.y[mask].astype(int))
+    (bdir / "calibration").mkdir(exist_ok=True)
+    cal.save(bdir / "calibration" / "difficulty.json", metadata={"model": meta["model"]["name"], "layer": layer})
+    p = cal.predict_proba(logits)
+    p_solve: dict[str, float] = {}
+    for g, v in zip(sa.groups[mask], p[mask]):
+        p_solve.setdefault(str(g), float(v))
+    marker_allowance = cfg.max_answer_tokens + 8  # the forced "</think>\nFinal Answer:" marker, answer, EOS
+    est = estimate_routes(store.samples(), p_solve, easy_thinking=max(1, cfg.easy_cap - marker_allowance),
+                          serial_thinking=max(1, cfg.token_cap - marker_allowance), seed=seed)
+    serial = est.tokens[:, [c.name for c in est.candidates].index("serial")].mean()
+    table = fit_routing_table(est, token_budget=token_budget_multiple * float(serial), n_bins=n_bins)
+    table.meta.update({"token_budget_multiple": token_budget_multiple, "difficulty_layer": layer,
+                       "fitted_on": "calib split", "trace_temperature": store.config["collect"].get("temperature")})
+    table.save(bdir / "routing.json")
+    return table

@@ -1,0 +1,123 @@
+"""``thinkctl evaluate``: the adaptive controller against the baselines on a task, at matched compute.
+
+Every strategy answers the same held-out problems (``--seed`` draws them; use a seed never used for traces). One
+JSONL row per (problem, strategy) goes to ``--rows`` (default: beside ``--json``) as blocks finish, so a killed
+run resumes; the summary JSON follows ``../shared/DESIGN.md`` (accuracy, tokens_mean, samples_mean, n, ci95 per
+strategy) plus the matched-compute comparison, and ``--plot`` draws accuracy against tokens (Pareto plot) with the
+oracle frontier when ``--traces`` gives greedy traces of the same problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from thinkctl.commands._common import add_model_argument, add_progress_argument, write_json
+
+NAME = "evaluate"
+HELP = "the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor) on a task -> results JSON"
+DESCRIPTION = __doc__
+
+DEFAULT_STRATEGIES = "fixed@64,fixed@128,fixed@1024,sc@4,sc@8,sc@16,best_of@8,esc,asc,dynasor,adaptive"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_argument(p)
+    p.add_argument("--task", required=True, help="task family (see thinkctl.tasks.names())")
+    p.add_argument("--seed", type=int, required=True, help="seed of the problems (use one unseen in training)")
+    p.add_argument("--n", type=int, required=True, help="problems (over all levels unless --level)")
+    p.add_argument("--level", type=int, default=None, help="only this difficulty level")
+    p.add_argument("--json", required=True, metavar="OUT", help="summary JSON to write")
+    p.add_argument("--bundle", default=None, help="predictor bundle (thinkctl train + calibrate); without one the "
+                                                  "controller routes everything serially and never stops early")
+    p.add_argument("--strategies", default=DEFAULT_STRATEGIES, help="comma-separated strategy names")
+    p.add_argument("--rows", default=None, help="per-problem JSONL (default: OUT with .rows.jsonl); resumed")
+    p.add_argument("--plot", default=None, help="PNG of accuracy against tokens (default: OUT with .png)")
+    p.add_argument("--traces", default=None, help="greedy traces of the same problems: adds the oracle frontier")
+    p.add_argument("--token-cap", type=int, default=None, help="generated tokens per sample at most")
+    p.add_argument("--deadline", type=float, default=None, help="seconds per block of prompts (graceful)")
+    p.add_argument("--instruct", action="store_true", help="phrase prompts for an instruct model (as in collect)")
+    p.add_argument("--trace-rows", action="store_true", help="keep each decision trace in the JSONL rows")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="not supported by evaluate yet")
+    add_progress_argument(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    import thinkctl
+    from thinkctl.controller import AdaptiveController, ControllerConfig
+    from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, pareto_plot, summarize
+
+    if args.ray is not None:
+        raise ValueError("evaluate does not run on Ray yet; run it without --ray (collect supports --ray)")
+    if args.n < 1:
+        raise ValueError(f"--n={args.n} must be at least 1")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not strategies:
+        raise ValueError("--strategies is empty; give e.g. fixed@256,sc@8,adaptive")
+    task = thinkctl.tasks.get(args.task)
+    problems = task.sample(args.n, seed=args.seed, level=args.level)
+    if args.instruct:
+        from thinkctl.embedded.gym import INSTRUCT_SUFFIX
+
+        problems = [replace(p, prompt=p.prompt + INSTRUCT_SUFFIX) for p in problems]
+    model, tokenizer = thinkctl.load_model(args.model)
+    cfg = ControllerConfig(seed=args.seed, deadline_s=args.deadline)
+    if args.token_cap is not None:
+        cfg = replace(cfg, token_cap=args.token_cap, easy_cap=min(cfg.easy_cap, args.token_cap))
+    if args.bundle:
+        controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task)
+    else:
+        controller = AdaptiveController(model, tokenizer, config=cfg, task=task)
+    out = Path(args.json)
+    rows_path = Path(args.rows) if args.rows else out.with_suffix(".rows.jsonl")
+    bar = tqdm(total=len(problems) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
+    rows = evaluate(controller, task, problems, strategies, rows_path=rows_path, progress=bar.update,
+                    record_trace=args.trace_rows)
+    bar.close()
+    if args.traces:
+        from thinkctl.traces.store import TraceStore
+
+        ids = {p.id for p in problems}
+        rows += [r for r in oracle_rows(TraceStore(args.traces)) if r["problem_id"] in ids]
+    summary = summarize(rows, seed=args.seed)
+    result = {"strategies": summary, "matched_compute": matched_compute(summary),
+              "config": {"task": args.task, "seed": args.seed, "n": args.n, "level": args.level,
+                         "model": args.model, "bundle": args.bundle, "strategies": strategies,
+                         "controller": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+                         "routing": None if controller.routing is None else
+                         [r.name for r in controller.routing.routes], "rows": str(rows_path)}}
+    write_json(out, result)
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    pareto_plot(summary, ax=ax, title=f"{args.task} on {args.model}: {args.n} problems, seed {args.seed}")
+    fig.tight_layout()
+    fig.savefig(plot, dpi=120)
+    plt.close(fig)
+    print(format_table(summary))
+    mc = result["matched_compute"]
+    if mc:
+        worse = [f for f, v in mc.items() if not v["target_at_least_as_accurate"]]
+        print("adaptive at matched tokens: " + ("at least as accurate as every baseline family" if not worse
+                                                else "less accurate than " + ", ".join(worse)))
+    print(f"wrote {out}, {rows_path}, {plot}")
+    return 0
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a fixed-width table, sorted by tokens."""
+    lines = [f"{'strategy':<14}{'accuracy':>9}  {'95% CI':<15}{'tokens':>9}{'samples':>9}{'n':>6}"]
+    for name, s in sorted(summary.items(), key=lambda kv: kv[1]["tokens_mean"]):
+        lo, hi = s["ci95"]
+        samples = "-" if s["samples_mean"] is None else f"{s['samples_mean']:.2f}"
+        lines.append(f"{name:<14}{s['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]  {s['tokens_mean']:>9.1f}{samples:>9}"
+                     f"{s['n']:>6}")
+    return "\n".join(lines)
