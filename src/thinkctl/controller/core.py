@@ -419,9 +419,8 @@ class AdaptiveController:
             tap = HiddenStateTap(self.model, layers=(layer,))
             if probe_at:
                 probe = ProbeStopping(tap, lambda h: torch.as_tensor(conf(h)), threshold, every=None,
-                                      delimiters=[-1], layer=layer, think_start=self.think_start,
+                                      at=tuple(probe_at), layer=layer, think_start=self.think_start,
                                       think_end=self.think_end)
-                probe.at = tuple(probe_at)  # type: ignore[attr-defined]
                 rules.append(probe)
             if read_end:
                 end_state = _ThinkingEndState(tap, layer)
@@ -453,8 +452,6 @@ class AdaptiveController:
         if drop_rule is not None:
             kw["output_scores"] = True
         kw[_CACHE_KW] = cache
-        if probe is not None:
-            _patch_schedule(probe)
         try:
             if tap is not None:
                 tap.attach()
@@ -491,7 +488,7 @@ class AdaptiveController:
             elif reason == "AnswerConsistencyStopping":
                 reason = "consistent"
             out.reasons.append(reason)
-            out.probes.append(list(probe.history[r]) if probe is not None else [])  # type: ignore[attr-defined]
+            out.probes.append(list(probe.history[r]) if probe is not None else [])
             out.end_confidence.append(end_conf[r])
             out.low_confidence.append(bool(dropped[r]))
             out.extra_tokens.append(sum(int(rule.probe_tokens[r]) for rule in extra if hasattr(rule, "probe_tokens")))
@@ -723,28 +720,3 @@ def _squash(score: float) -> float:
         return 0.0
     return score if 0.0 <= score <= 1.0 else 1.0 / (1.0 + math.exp(-score))
 
-
-def _patch_schedule(probe: ProbeStopping) -> None:
-    """Probe at exactly the thinking-token counts in ``probe.at`` and keep each row's (tokens, confidence) history."""
-    at = frozenset(getattr(probe, "at", ()))
-    base_begin = probe._begin
-
-    def begin(input_ids: torch.Tensor) -> None:
-        base_begin(input_ids)
-        probe.history = [[] for _ in range(input_ids.shape[0])]  # type: ignore[attr-defined]
-
-    def decide(input_ids: torch.Tensor, scores: Any, thinking: Sequence[bool], n_tokens: Sequence[int]) -> list[bool]:
-        due = [th and not probe._stop[r] and n in at for r, (th, n) in enumerate(zip(thinking, n_tokens))]
-        if not any(due):
-            return due
-        conf = probe.predict(probe.tap.get(probe.layer)).tolist()
-        fire = []
-        for r, d in enumerate(due):
-            if d:
-                probe.history[r].append((int(n_tokens[r]), float(conf[r])))  # type: ignore[attr-defined]
-            fire.append(d and probe.threshold is not None and conf[r] >= probe.threshold)
-        return fire
-
-    probe._begin = begin  # type: ignore[method-assign]
-    probe._decide = decide  # type: ignore[method-assign]
-    probe.history = []  # type: ignore[attr-defined]
