@@ -10,6 +10,7 @@ import torch
 
 from thinkctl.calibration.calibrators import TemperatureScaler
 from thinkctl.controller import AdaptiveController, ControllerConfig
+from thinkctl.controller.routing import Route, RoutingTable
 from thinkctl.predictors.probe import HiddenStateProbe
 from controller_helpers import events
 
@@ -45,6 +46,20 @@ def test_load_wires_probe_calibrator_and_threshold(tmp_path, model, tok):
     for r in results:
         assert isinstance(r.answer, str) and 0.0 <= r.confidence <= 1.0
         assert events(r, "route")[0]["p_solve"] is not None
+
+
+def test_load_wires_the_bundles_routing_table(tmp_path, model, tok):
+    write_bundle(tmp_path, 32)
+    table = RoutingTable([0.0], [Route("parallel", 4), Route("easy")])  # every P(solve) >= 0 takes "easy"
+    table.save(tmp_path / "routing.json")
+    c = AdaptiveController.load(tmp_path, model, tok, CFG)
+    assert c.routing == table
+    r = c.generate(["What is 2+3?"])[0]
+    assert events(r, "route")[0]["table"] is True and r.strategy == "easy"
+    # an explicit routing table wins over the bundle's
+    other = RoutingTable([], [Route("serial")])
+    c = AdaptiveController.load(tmp_path, model, tok, CFG, routing=other)
+    assert c.routing is other and c.generate(["hi"])[0].strategy == "serial"
 
 
 def test_threshold_falls_back_to_risk_control_json(tmp_path, model, tok):
