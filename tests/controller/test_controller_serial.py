@@ -96,10 +96,6 @@ def test_default_initial_budget_probes_at_64_128_256(model, tok):
                                       "budgets": [64, 128, 256, 300 - FORCE - 4 - 1]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: core.py _serial (budgets=None) takes the schedule from config.budgets(thinking_cap), which ends at "
-    "max_budget, but generates under the full token_cap: thinking runs past max_budget to the cap, and max_budget "
-    "is probed as if it were an intermediate budget"))
 def test_max_budget_caps_the_thinking(model, tok):
     cfg = ControllerConfig(token_cap=200, initial_budget=16, max_answer_tokens=4, easy_cap=100, max_budget=100)
     c, probe = controller(model, tok, values=(0.0,), cfg=cfg)
@@ -113,11 +109,8 @@ def test_max_budget_caps_the_thinking(model, tok):
 
 @pytest.mark.parametrize("layer", [
     0,
-    pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: core.py _run_batch taps the output of the last decoder layer before the final norm "
-        "(HiddenStateTap layer n-1), but HiddenStatePredictor's contract, trace collection and the controller's own "
-        "difficulty read use hidden_states[layer + 1], which for the last layer is after the final norm"))),
-    pytest.param(-1, marks=pytest.mark.xfail(strict=True, reason="BUG: same as layer=1 (the last layer)")),
+    1,
+    -1,
 ])
 def test_confidence_read_is_the_hidden_state_of_the_newest_token_at_the_layer(model, tok, layer):
     c, probe = controller(model, tok, values=(0.0, 0.0, 1.0), layer=layer)
@@ -228,13 +221,9 @@ def test_answers_always_returned_and_generation_never_exceeds_the_cap(tok):
             assert r.tokens == n_prompt(tok, p) + generated_tokens(r)
             if stop["reason"] != "closed":  # forced: the marker, then a non-empty answer
                 assert MARKER in r.text
-                if r.text.count("</think>") == 1:  # a stray marker in the answer: see the xfail test below
-                    assert r.answer
+                assert r.answer
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: core.py _answer_of reads the answer after the LAST '</think>' (tasks.base.answer_section), so a forced "
-    "answer in which the model writes '</think>' again loses the forced 'Final Answer: X' and returns ''"))
 def test_a_forced_answer_survives_a_stray_marker_in_the_answer(tok):
     # forced after 10 thinking tokens; the model writes "</think>" as its second answer token
     m = build_model(tok, seed=0, script={10 + FORCE + 2: tok.convert_tokens_to_ids("</think>")})

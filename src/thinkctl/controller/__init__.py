@@ -14,9 +14,9 @@ Examples
 """
 
 from thinkctl.controller.config import ControllerConfig
-from thinkctl.controller.core import AdaptiveController, ControllerResult
+from thinkctl.controller.core import AdaptiveController, ControllerResult, DeepConfOnline
 from thinkctl.controller.predictors import HiddenStatePredictor, load_bundle_predictors
 from thinkctl.controller.strategies import STRATEGIES, get_strategy
 
-__all__ = ["AdaptiveController", "ControllerConfig", "ControllerResult", "HiddenStatePredictor",
+__all__ = ["AdaptiveController", "ControllerConfig", "ControllerResult", "DeepConfOnline", "HiddenStatePredictor",
            "load_bundle_predictors", "STRATEGIES", "get_strategy"]

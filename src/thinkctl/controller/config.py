@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 __all__ = ["ControllerConfig", "STRATEGY_KINDS",
            "TOKEN_CAP", "INITIAL_BUDGET", "BUDGET_FACTOR", "MAX_ANSWER_TOKENS", "MAX_SAMPLES", "WAVE_SIZE",
-           "TEMPERATURE", "EASY_CAP", "EASY_ABOVE", "HARD_BELOW", "PROMPT_BATCH", "MAX_ROWS", "CONFIDENCE_WINDOW"]
+           "TEMPERATURE", "EASY_CAP", "EASY_ABOVE", "HARD_BELOW", "PROMPT_BATCH", "MAX_ROWS", "CONFIDENCE_WINDOW", "CONFIDENCE_TOP_K"]
 
 #: Strategies the router may choose between.
 STRATEGY_KINDS = ("easy", "serial", "parallel")
@@ -39,6 +39,8 @@ MAX_ROWS = 256
 #: DeepConf's sliding window of token confidences, scaled to short traces (the paper uses 2048 tokens on traces of
 #: 10k+; Fu et al. 2025, arXiv:2508.15260).
 CONFIDENCE_WINDOW = 32
+#: Log-probabilities averaged per token in DeepConf's token confidence (the paper's k = 20).
+CONFIDENCE_TOP_K = 20
 #: Routing thresholds on the calibrated P(one sample solves the query). Placeholders chosen symmetric around 1/2
 #: (an even split of the probability scale into three routes); they are config fields precisely because the fitted
 #: routing table (from traces: which strategy has the best accuracy per token at each difficulty) replaces them.
@@ -85,6 +87,8 @@ class ControllerConfig:
         Most rows (prompts x samples) in one ``model.generate`` call.
     confidence_window : int
         Sliding window (tokens) of DeepConf's group confidence.
+    confidence_top_k : int
+        Top log-probabilities averaged in DeepConf's token confidence.
     weighted_vote : bool
         Weight each parallel sample's vote by the calibrated confidence predictor at the end of its thinking
         (needs a confidence predictor; costs no extra tokens, but keeps every layer's hidden states of a wave
@@ -110,12 +114,14 @@ class ControllerConfig:
     prompt_batch: int = PROMPT_BATCH
     max_rows: int = MAX_ROWS
     confidence_window: int = CONFIDENCE_WINDOW
+    confidence_top_k: int = CONFIDENCE_TOP_K
     weighted_vote: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("token_cap", "initial_budget", "budget_factor", "max_answer_tokens", "max_samples",
-                     "wave_size", "easy_cap", "prompt_batch", "max_rows", "confidence_window"):
+                     "wave_size", "easy_cap", "prompt_batch", "max_rows", "confidence_window",
+                     "confidence_top_k"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r} must be an integer >= 1")

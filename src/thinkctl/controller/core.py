@@ -37,9 +37,10 @@ from thinkctl.eval.voting import MajorityStabilityStopping, VoteTally
 from thinkctl.generation import ReasoningFormat, chat_prefix, reasoning_format
 from thinkctl.stopping import BudgetForcing, DeadlineStopping, HiddenStateTap, ProbeStopping, think_markers
 from thinkctl.stopping.rules import StopRule
-from thinkctl.tasks.base import ANSWER_PREFIX, answer_section
+from thinkctl.stopping.tap import FINAL_NORM
+from thinkctl.tasks.base import ANSWER_PREFIX
 
-__all__ = ["AdaptiveController", "ControllerResult", "Scorer", "StopRuleLike"]
+__all__ = ["AdaptiveController", "ControllerResult", "DeepConfOnline", "Scorer", "StopRuleLike"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,42 @@ class ControllerResult:
     trace: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class DeepConfOnline:
+    """DeepConf online (Fu et al. 2025, "Deep Think with Confidence", arXiv:2508.15260) as a parallel policy.
+
+    ``warmup`` samples per prompt run to the end; the stop threshold is the ``100 - keep_percent`` percentile of
+    their lowest group confidence (DeepConf-high keeps the top 90 %, DeepConf-low the top 10 %); later samples whose
+    group confidence falls below it are ended at once and cast no vote (warm-up samples below it are filtered out
+    too), and sampling stops once the leader holds ``consensus`` of the votes (the paper's tau = 0.95). The paper's
+    warm-up is 16 traces of a 512 budget; ``warmup=4`` keeps the same 1:32 ratio's spirit at the budgets of a CPU.
+    """
+
+    warmup: int = 4
+    keep_percent: float = 90.0
+    consensus: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.warmup, int) or self.warmup < 1:
+            raise ValueError(f"warmup={self.warmup!r} must be a positive int")
+        if not 0 < self.keep_percent <= 100:
+            raise ValueError(f"keep_percent={self.keep_percent!r} must be in (0, 100]")
+        if not 0.5 < self.consensus <= 1:
+            raise ValueError(f"consensus={self.consensus!r} must be in (0.5, 1]")
+
+    def threshold(self, lowest: Sequence[float]) -> float:
+        """The group-confidence threshold from the warm-up traces' lowest group confidences (finite ones; a trace
+        shorter than one window has none): their ``100 - keep_percent`` percentile, ``-inf`` without any."""
+        finite = [x for x in lowest if math.isfinite(x)]
+        return float(np.percentile(finite, 100 - self.keep_percent)) if finite else -math.inf
+
+    def should_stop(self, tally: VoteTally, budget: int) -> bool:
+        """Stop once the leading answer holds ``consensus`` of the votes cast."""
+        ranked = tally.ranked()
+        total = sum(v for _, v in ranked)
+        return bool(ranked) and total > 0 and ranked[0][1] / total >= self.consensus
+
+
 @dataclass
 class _Prefill:
     """Left-padded prompts and their shared KV cache over all but the last position."""
@@ -106,6 +143,7 @@ class _Rows:
     end_confidence: list[float]
     low_confidence: list[bool]
     extra_tokens: list[int]
+    lowest_group_confidence: list[float]
 
 
 def _cache_kwarg() -> str:
@@ -145,7 +183,7 @@ class _ThinkingEndState(StopRule):
     """Never fires: keeps each row's tapped state at its newest thinking token (the end of its thinking, once it
     closes), so that a confidence can be read where no probe ran, at no token cost."""
 
-    def __init__(self, tap: HiddenStateTap, layer: int) -> None:
+    def __init__(self, tap: HiddenStateTap, layer: int | str) -> None:
         super().__init__()
         self.tap = tap
         self.layer = layer
@@ -290,17 +328,18 @@ class AdaptiveController:
     @torch.no_grad()
     def run_parallel(self, prompts: Sequence[str], *, stop_rule: StopRuleLike | None = None,
                      max_samples: int | None = None, name: str = "parallel", scorer: Scorer | str | None = None,
-                     weighted: bool | None = None, drop_low_confidence: Any = None,
+                     weighted: bool | None = None, deepconf: "DeepConfOnline | None" = None,
                      wave_size: int | None = None) -> list[ControllerResult]:
         """The parallel strategy alone.
 
         ``stop_rule=None`` uses the controller's rule, ``False`` draws all ``max_samples`` (self-consistency).
         ``scorer`` picks the best-scored sample instead of voting (best-of-N): a callable ``(prompt, text) ->
         float`` or ``"confidence"`` (the calibrated confidence predictor at each sample's end of thinking).
-        ``drop_low_confidence`` is a DeepConf-online policy (see :mod:`thinkctl.controller.strategies`).
+        ``deepconf`` runs DeepConf online (:class:`DeepConfOnline`): warm-up samples set a per-prompt group-confidence
+        threshold, later samples below it are ended early and do not vote, and sampling stops at consensus.
         """
         clock = _Clock(self.config.deadline_s)
-        rule = self.stop_rule if stop_rule is None else (stop_rule or None)
+        rule = (deepconf if deepconf is not None else self.stop_rule) if stop_rule is None else (stop_rule or None)
         n = self.config.max_samples if max_samples is None else int(max_samples)
         if n < 1:
             raise ValueError(f"max_samples={n} must be >= 1")
@@ -311,7 +350,7 @@ class AdaptiveController:
             rows = list(range(len(pre.prompts)))
             return self._parallel(pre, rows, clock, rule=rule, budgets=[n] * len(rows), name=name,
                                   traces=[[] for _ in rows], chunk=chunk, scorer=scorer, weighted=weighted,
-                                  drop=drop_low_confidence, wave_size=wave_size)
+                                  deepconf=deepconf, wave_size=wave_size)
 
         return self._chunked(prompts, run, read=False)
 
@@ -387,21 +426,25 @@ class AdaptiveController:
 
     def _run_rows(self, pre: _Prefill, rows: list[int], *, sample: bool, cap: int, clock: _Clock, seed: int = 0,
                   probe_at: Sequence[int] = (), threshold: float | None = None, read_end: bool = False,
-                  extra_rules: Callable[[], list[StopRule]] | None = None, low_confidence: float | None = None
-                  ) -> _Rows:
+                  extra_rules: Callable[[], list[StopRule]] | None = None,
+                  low_confidence: Sequence[float] | None = None) -> _Rows:
         """Generate for ``rows`` (indices into the prefill, repeats allowed), in sub-batches of
-        ``config.max_rows``; each row thinks at most ``_thinking_cap(cap)`` tokens and then answers."""
-        out = _Rows([], [], [], [], [], [], [])
+        ``config.max_rows``; each row thinks at most ``_thinking_cap(cap)`` tokens and then answers.
+
+        ``low_confidence`` (one threshold per row) tracks DeepConf's group confidence and ends a row whose group
+        confidence falls below its threshold (``-inf``: track only)."""
+        out = _Rows([], [], [], [], [], [], [], [])
         for s, start in enumerate(range(0, len(rows), self.config.max_rows)):
             sub = rows[start:start + self.config.max_rows]
             self._run_batch(pre, sub, out, sample=sample, cap=cap, clock=clock, seed=seed * 7919 + s,
                             probe_at=probe_at, threshold=threshold, read_end=read_end, extra_rules=extra_rules,
-                            low_confidence=low_confidence)
+                            low_confidence=None if low_confidence is None else
+                            low_confidence[start:start + self.config.max_rows])
         return out
 
     def _run_batch(self, pre: _Prefill, sub: list[int], out: _Rows, *, sample: bool, cap: int, clock: _Clock,
                    seed: int, probe_at: Sequence[int], threshold: float | None, read_end: bool,
-                   extra_rules: Callable[[], list[StopRule]] | None, low_confidence: float | None) -> None:
+                   extra_rules: Callable[[], list[StopRule]] | None, low_confidence: Sequence[float] | None) -> None:
         cfg = self.config
         dev = self._device()
         index = torch.tensor(sub, dtype=torch.long, device=dev)
@@ -415,8 +458,12 @@ class AdaptiveController:
         probe = end_state = None
         conf = self.confidence
         if conf is not None and (probe_at or read_end) and tcap > 0:
-            layer = conf.hidden_index(self.n_layers) - 1
-            tap = HiddenStateTap(self.model, layers=(layer,))
+            # hidden_states[i] of a forward pass is decoder layer i-1's output, except the last entry, which
+            # transformers returns after the final norm: tap the same thing the predictor was trained on
+            index = conf.hidden_index(self.n_layers)
+            last = index == self.n_layers
+            tap = HiddenStateTap(self.model, layers=(index - 1,), final_norm=last)
+            layer: int | str = FINAL_NORM if last else index - 1
             if probe_at:
                 probe = ProbeStopping(tap, lambda h: torch.as_tensor(conf(h)), threshold, every=None,
                                       at=tuple(probe_at), layer=layer, think_start=self.think_start,
@@ -437,9 +484,11 @@ class AdaptiveController:
         if low_confidence is not None:
             from thinkctl.stopping import TokenConfidenceStopping
 
-            drop_rule = TokenConfidenceStopping(low_confidence, window=cfg.confidence_window,
+            drop_rule = TokenConfidenceStopping(0.0, window=cfg.confidence_window, top_k=cfg.confidence_top_k,
                                                 tokenizer=self.tokenizer, think_start=self.think_start,
                                                 think_end=self.think_end)
+            # one threshold per row (the rule compares ``group < threshold`` elementwise)
+            drop_rule.threshold = torch.tensor([max(t, -1e30) for t in low_confidence], device=dev)
             stopping.append(drop_rule)
         kw: dict[str, Any] = dict(max_new_tokens=cap, do_sample=sample, pad_token_id=self.fmt.pad_id,
                                   eos_token_id=list(self.fmt.eos_ids), logits_processor=LogitsProcessorList([bf]),
@@ -464,13 +513,18 @@ class AdaptiveController:
         think = bf.think_tokens.tolist()
         reasons = bf.stop_reasons
         dropped = drop_rule.stop.tolist() if drop_rule is not None else [False] * len(sub)
+        lowest = drop_rule.lowest_group_confidence.tolist() if drop_rule is not None else [math.inf] * len(sub)
         end_conf = [math.nan] * len(sub)
         if end_state is not None and end_state.state is not None:
             end_conf = [float(x) for x in conf(end_state.state)]  # type: ignore[misc]
+        pad = self.fmt.pad_id if self.fmt.pad_id not in eos else None
         for r, row in enumerate(new):
             for j, t in enumerate(row):
                 if t in eos:
                     row = row[:j + 1]
+                    break
+                if t == pad:  # BudgetForcing bans padding, so a pad means a stopping rule ended the row
+                    row = row[:j]
                     break
             out.gen.append(row)
             out.thinking.append(int(think[r]))
@@ -491,6 +545,7 @@ class AdaptiveController:
             out.probes.append(list(probe.history[r]) if probe is not None else [])
             out.end_confidence.append(end_conf[r])
             out.low_confidence.append(bool(dropped[r]))
+            out.lowest_group_confidence.append(float(lowest[r]))
             out.extra_tokens.append(sum(int(rule.probe_tokens[r]) for rule in extra if hasattr(rule, "probe_tokens")))
 
     # -- routing --------------------------------------------------------------------------------------------------
@@ -557,7 +612,8 @@ class AdaptiveController:
             cap = min(cap, plan[-1] + (cap - tcap))
         else:
             plan = cfg.budgets(tcap)
-        probe_at = [b for b in plan if b < tcap] if conf_pred is not None else []
+            cap = min(cap, plan[-1] + (cap - tcap)) if plan else cap
+        probe_at = plan[:-1] if conf_pred is not None else []  # the last budget is the cap: thinking ends there
         threshold = conf_pred.threshold if conf_pred is not None else None
         out = self._run_rows(pre, rows, sample=False, cap=cap, clock=clock, probe_at=probe_at, threshold=threshold,
                              read_end=conf_pred is not None, extra_rules=extra_rules)
@@ -596,8 +652,8 @@ class AdaptiveController:
             ans = self.task.extract_answer(text)
             if ans is not None:
                 return str(ans)
-        section = answer_section(text) if self.think_end is not None else text
-        section = text if section is None else section
+        # the answer follows the first end of thinking (a model may write the marker again inside its answer)
+        section = text.split(self.think_end, 1)[1] if self.think_end is not None and self.think_end in text else text
         if ANSWER_PREFIX not in section:
             return None
         rest = section.rsplit(ANSWER_PREFIX, 1)[1].strip()
@@ -607,8 +663,8 @@ class AdaptiveController:
 
     def _parallel(self, pre: _Prefill, rows: list[int], clock: _Clock, *, rule: StopRuleLike | None,
                   budgets: list[int], name: str, traces: list[list[dict[str, Any]]], chunk: int,
-                  scorer: Scorer | str | None = None, weighted: bool | None = None, drop: Any = None,
-                  wave_size: int | None = None) -> list[ControllerResult]:
+                  scorer: Scorer | str | None = None, weighted: bool | None = None,
+                  deepconf: "DeepConfOnline | None" = None, wave_size: int | None = None) -> list[ControllerResult]:
         """Waves of samples per prompt branching off the shared prefill, until each prompt's vote is settled."""
         cfg = self.config
         weighted = (cfg.weighted_vote if weighted is None else weighted) and self.confidence is not None
@@ -622,18 +678,28 @@ class AdaptiveController:
         generated = [0] * k_rows
         status = ["budget"] * k_rows
         active = list(range(k_rows))
-        threshold = drop.warmup(self, pre, rows, clock, chunk, traces, gens, generated) if drop is not None else None
+        low: list[float] | None = [-math.inf] * k_rows if deepconf is not None else None
         wave = 0
         while active:
             if clock.expired():
                 for k in active:
                     status[k] = "deadline"
                 break
-            plan = [(k, min(size, budgets[k] - tallies[k].n_seen)) for k in active]
+            warm = deepconf is not None and wave == 0
+            first = min(deepconf.warmup, size) if warm else size  # type: ignore[union-attr]
+            plan = [(k, min(first, budgets[k] - tallies[k].n_seen)) for k in active]
             flat = [rows[k] for k, w in plan for _ in range(w)]
             out = self._run_rows(pre, flat, sample=True, cap=cfg.token_cap, clock=clock,
                                  seed=(chunk * 10_007 + wave) * 3 + 1, read_end=read_end,
-                                 low_confidence=threshold)
+                                 low_confidence=None if low is None else [low[k] for k, w in plan for _ in range(w)])
+            if warm:  # DeepConf: the threshold is a percentile of the warm-up traces' lowest group confidence
+                j = 0
+                for k, w in plan:
+                    low[k] = deepconf.threshold(out.lowest_group_confidence[j:j + w])  # type: ignore[union-attr,index]
+                    for x in range(j, j + w):  # warm-up traces below it are filtered out of the vote
+                        out.low_confidence[x] = out.lowest_group_confidence[x] < low[k]  # type: ignore[index]
+                    traces[k].append({"event": "deepconf_threshold", "threshold": low[k], "warmup": w})  # type: ignore
+                    j += w
             j = 0
             for k, w in plan:
                 answers, weights, kept = [], [], []
@@ -657,7 +723,7 @@ class AdaptiveController:
                                        "tokens_so_far": len(pre.prefixes[rows[k]]) - 1 + generated[k]}
                 if read_end or callable(scorer):
                     rec["scores"] = weights
-                if drop is not None:
+                if deepconf is not None:
                     rec["kept"] = kept
                 traces[k].append(rec)
             wave += 1

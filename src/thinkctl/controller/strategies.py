@@ -6,7 +6,8 @@ best by the controller's scorer -- a reward model ``scorer(prompt, text)``, or b
 probe at each sample's end of thinking), ``esc`` / ``asc`` (samples with the ESC / ASC stopping rules, up to
 ``config.max_samples``, or ``esc@N`` / ``asc@N``), ``dynasor`` (greedy thinking to the cap, stopped when the answers
 forced every 32 tokens agree 3 times in a row -- Dynasor's probe-in-the-middle, Fu et al. 2024, arXiv:2412.20993;
-the probes' tokens count), ``adaptive`` (the controller's own routing). All share the controller's model, tokenizer, task, token cap and deadline, and count tokens the same
+the probes' tokens count), ``deepconf`` / ``deepconf@N`` (DeepConf online: warm-up samples set a group-confidence
+threshold, later samples below it end early and do not vote, sampling stops at 95 % consensus), ``adaptive`` (the controller's own routing). All share the controller's model, tokenizer, task, token cap and deadline, and count tokens the same
 way, so that they compare at matched compute.
 
 Examples
@@ -92,6 +93,16 @@ def _dynasor(param: int | None, name: str) -> Strategy:
     return run
 
 
+@STRATEGIES.register("deepconf")
+def _deepconf(param: int | None, name: str) -> Strategy:
+    from thinkctl.controller.core import DeepConfOnline
+
+    def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+        return controller.run_parallel(prompts, max_samples=param, name=name, deepconf=DeepConfOnline())
+
+    return run
+
+
 def _rule_strategy(rule: Any) -> Callable[[int | None, str], Strategy]:
     def factory(param: int | None, name: str) -> Strategy:
         def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
@@ -119,7 +130,7 @@ def _adaptive(param: int | None, name: str) -> Strategy:
 
 def get_strategy(name: str) -> Strategy:
     """The strategy called ``name`` (``"fixed@256"``, ``"sc@8"``, ``"best_of@8"``, ``"esc"``, ``"asc@20"``,
-    ``"dynasor"``, ``"adaptive"``)."""
+    ``"dynasor"``, ``"deepconf"``, ``"adaptive"``)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"strategy name must be a non-empty string, got {name!r}")
     base, sep, raw = name.partition("@")
