@@ -78,7 +78,7 @@ def _is_probability(x: Any) -> bool:
 
 def test_parameters_come_first():
     """Size knobs live in one cell, the first code cell, tagged for papermill."""
-    for name in ("01_collect_and_train.ipynb", "02_calibration_report.ipynb"):
+    for name in ("01_collect_and_train.ipynb", "02_calibration_report.ipynb", "03_controller.ipynb"):
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
         first = next(c for c in nb.cells if c.cell_type == "code")
@@ -161,3 +161,103 @@ def test_calibration_report_notebook(tmp_path, kernel_dir, monkeypatch):
     text, images = _outputs(nb)
     assert images >= 2  # reliability diagrams and the risk curve
     assert "uncalibrated" in text and "report.html" in text
+
+
+ROUTES = {"easy", "serial", "parallel"}
+#: Why a row's thinking or sampling ended (see thinkctl.controller.core and thinkctl.eval.evaluate).
+STOP_REASONS = {"closed", "confident", "cap", "deadline", "eos", "settled", "budget"}
+
+
+def _check_controller_row(d: dict, route: str | None = None) -> None:
+    """One per-prompt row of notebook 03: answered, costed, and consistent with the controller's decision rules."""
+    assert d["answer"] and d["tokens"] > 0 and d["samples"] >= 1, d
+    assert d["correct"] == (d["answer"] == d["gold"]), d  # arith answers and gold are canonical integers
+    assert d["route"] in ROUTES and (route is None or d["route"] == route), d
+    assert _is_probability(d["p_solve"]) and _is_probability(d["confidence"]), d
+    assert d["stop"] in STOP_REASONS, d
+    if d["route"] == "parallel":
+        assert not d["probes"], d  # the parallel route samples; it never probes
+        return
+    assert d["samples"] == 1 and d["thinking_tokens"] <= d["budgets"][-1], d  # the route's thinking cap holds
+    thr = d["threshold"]
+    for k, (t, c) in enumerate(d["probes"]):
+        assert t in d["budgets"] and _is_probability(c), d  # probes only at the doubling schedule
+        last = k == len(d["probes"]) - 1
+        if not (last and d["stop"] == "confident"):
+            assert thr is None or c < thr, d  # a probe at or above the threshold stops the row
+    if d["stop"] == "confident":
+        assert thr is not None and d["probes"] and d["probes"][-1][1] >= thr, d
+        assert d["thinking_tokens"] == d["probes"][-1][0], d
+
+
+@pytest.mark.slow
+def test_controller_notebook(tmp_path, kernel_dir, monkeypatch):
+    nb = _execute("03_controller.ipynb", tmp_path, kernel_dir, monkeypatch)
+    res = json.loads((tmp_path / "runs" / "notebook03" / "results.json").read_text())
+    assert res["python"] == sys.executable
+    params, n = res["params"], res["n_held_out"]
+    assert n == res["bundle"]["split"]["test"] > 0
+    assert sum(res["bundle"]["split"].values()) == params["n_problems"]
+    thr = res["bundle"]["stop_threshold"]
+    assert thr is None or _is_probability(thr)
+
+    # the routing table tiles [0, 1] in P(solve) and picks one of its candidates per bin
+    table, cands = res["routing"]["table"], res["routing"]["meta"]["candidates"]
+    assert table[0]["p_solve"][0] == 0.0 and table[-1]["p_solve"][1] == 1.0
+    assert all(a["p_solve"][1] == b["p_solve"][0] for a, b in zip(table, table[1:]))
+    assert len(res["routing"]["estimates"]) == len(table)
+    for row, est in zip(table, res["routing"]["estimates"]):
+        assert row["route"] in cands and row["route"].partition("@")[0] in ROUTES
+        assert set(est) == set(cands)
+        assert all(_is_probability(v["accuracy"]) and v["tokens"] > 0 for v in est.values())
+
+    # generate() on one problem per level, and the same prompts forced down each route
+    assert [d["level"] for d in res["demo"]] == sorted({d["level"] for d in res["demo"]}) and len(res["demo"]) >= 3
+    for d in res["demo"]:
+        _check_controller_row(d)
+    assert set(res["forced_routes"]) == ROUTES
+    for route, rows in res["forced_routes"].items():
+        assert [d["problem_id"] for d in rows] == [d["problem_id"] for d in res["demo"]]
+        for d in rows:
+            _check_controller_row(d, route)
+            if route == "parallel":
+                assert d["samples"] <= params["forced_samples"] + 1  # + 1: the forced answer when nobody voted
+    caps = {route: max(d["budgets"][-1] for d in rows) for route, rows in res["forced_routes"].items()
+            if route != "parallel"}
+    assert caps["easy"] < caps["serial"] < res["controller"]["token_cap"]
+
+    # strategies on the held-out problems
+    summary = res["strategies"]
+    assert set(params["strategies"]) | {"oracle"} == set(summary)
+    for name, s in summary.items():
+        lo, hi = s["ci95"]
+        assert s["n"] == n and _is_probability(s["accuracy"]) and lo <= s["accuracy"] <= hi, name
+        assert s["tokens_mean"] > 0, name
+    assert summary["fixed@1024"]["samples_mean"] == 1.0 and 8 <= summary["sc@8"]["samples_mean"] <= 9
+    assert 5 <= summary["esc@16"]["samples_mean"] <= 17  # ESC draws windows of 5
+    assert summary["sc@8"]["tokens_mean"] > summary["fixed@1024"]["tokens_mean"]
+    assert set(summary["adaptive"]["routes"]) <= ROUTES and set(res["routes_chosen"]) <= ROUTES
+    assert sum(res["routes_chosen"].values()) == n
+    assert set(res["adaptive_stop_reasons"]) <= STOP_REASONS
+
+    # the deadline: every prompt answered, thinking cut short
+    dl = res["deadline"]
+    assert dl["n_prompts"] == n == len(dl["rows"]) == dl["n_answered"]
+    assert all(d["answer"] and d["tokens"] > 0 for d in dl["rows"])
+    assert set(dl["reasons"]) <= {"deadline", "closed", "confident"} and "deadline" in dl["reasons"]
+    for d in dl["rows"]:
+        if d["stop"] == "deadline" and d["thinking_tokens"] is not None and d["free_thinking_tokens"] is not None:
+            assert d["thinking_tokens"] <= d["free_thinking_tokens"], d
+    assert _is_probability(dl["accuracy"])
+
+    # a custom scorer for best-of-N, on the same samples as the vote
+    sc = res["scorer"]
+    assert sc["strategy"] == params["best_of"] and sc["n"] == n and 8 <= sc["samples_mean"] <= 9
+    assert _is_probability(sc["accuracy"]) and _is_probability(sc["pass_at_n"])
+    assert sc["same_samples"] is True and sc["vote_strategy"] == "sc@8"
+    assert sc["pass_at_n"] >= max(sc["accuracy"], sc["vote_accuracy"]) - 1e-12  # a selector cannot beat pass@N
+
+    text, images = _outputs(nb)
+    assert images >= 3  # routing table, confidence probes, accuracy against tokens
+    assert "Learn-then-Test" in text and f"{n}/{n} prompts answered" in text
+
