@@ -43,6 +43,7 @@ def _synthetic_store(path, n_problems=120, samples=3, seed=0):
                     ck_h.append(h)
                 rows.append({"problem_id": f"p{p:04d}", "prompt": f"Evaluate {p} + {'9' * (5 if hard else 1)}",
                              "level": 2 if hard else 1, "features": {"n_ops": 5 if hard else 1}, "sample": s,
+                             "greedy": s == 0, "answer": "1" if correct else f"w{rng.integers(3)}",
                              "correct": correct, "n_prompt_tokens": 10, "n_generated": 40, "n_thinking": 32,
                              "prompt_row": len(prompt_h), "checkpoints": checkpoints})
                 prompt_h.append(ph)

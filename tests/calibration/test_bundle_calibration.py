@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from thinkctl.calibration.bundle import CalibrationConfig, calibrate_bundle
@@ -53,3 +54,23 @@ def test_report_command_writes_html_with_embedded_plots(bundle, tmp_path):
     assert "data:image/png;base64," in html and "confidence probe" in html
     data = json.loads((out / "report.json").read_text())
     assert data
+
+
+def test_calibrate_command_fits_the_routing_table_within_its_token_budget(bundle, capsys):
+    from thinkctl.cli import main
+    from thinkctl.controller.routing import ROUTE_KINDS, RoutingTable
+
+    rc = main(["calibrate", "--bundle", str(bundle), "--n-bootstrap", "50", "--epsilon", "0.2", "--delta", "0.2",
+               "--route-budget", "2.0"])
+    assert rc == 0, capsys.readouterr().err
+    assert "routing table (fitted on the calib split)" in capsys.readouterr().out
+    table = RoutingTable.load(bundle / "routing.json")
+    assert (bundle / "calibration" / "difficulty.json").is_file()
+    assert all(r.kind in ROUTE_KINDS for r in table.routes) and len(table.routes) == len(table.edges) + 1
+    meta = table.meta
+    assert meta["feasible"] and meta["expected_tokens"] <= meta["token_budget"] + 1e-9
+    serial = [e["serial"]["tokens"] for e in table.estimates]
+    assert meta["token_budget"] == pytest.approx(2.0 * float(np.average(serial, weights=meta["bin_weights"])))
+    # the table is the best feasible choice among the candidates, bin by bin: no cheaper-or-equal swap gains
+    acc = sum(w * e[r.name]["accuracy"] for w, e, r in zip(meta["bin_weights"], table.estimates, table.routes))
+    assert acc == pytest.approx(meta["expected_accuracy"])

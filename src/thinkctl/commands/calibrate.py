@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta", type=float, default=0.1, help="allowed probability that the guarantee fails")
     p.add_argument("--method", choices=["binomial", "hoeffding-bentkus"], default="binomial")
     p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--route-budget", type=float, default=3.0,
+                   help="routing table: mean tokens per query at most this many times one greedy answer's")
+    p.add_argument("--no-routing", action="store_true", help="do not fit the routing table (routing.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,4 +42,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"stop threshold {rc['threshold']:.3f} (epsilon={rc['epsilon']}, delta={rc['delta']}): on test, "
               f"realised risk {es['realised_risk']:.3f}, thinking used {es['thinking_fraction_used_mean']:.2f}, "
               f"accuracy {es['accuracy_full']:.3f} -> {es['accuracy_stopped']:.3f}")
+    from pathlib import Path
+
+    if not args.no_routing and (Path(args.bundle) / "difficulty_probe").is_dir():
+        from thinkctl.controller.routing import fit_bundle_routing, routing_summary
+
+        table = fit_bundle_routing(args.bundle, token_budget_multiple=args.route_budget)
+        print("routing table (fitted on the calib split): " + ", ".join(
+            f"P(solve) in [{a:.2f}, {b:.2f}) -> {r}" for (a, b), r in
+            ((x["p_solve"], x["route"]) for x in routing_summary(table)))
+              + f"; expected accuracy {table.meta['expected_accuracy']:.3f} at {table.meta['expected_tokens']:.0f} "
+                f"tokens (budget {table.meta['token_budget']:.0f})")
     return 0

@@ -23,18 +23,21 @@ NAME = "demo"
 HELP = "end to end on the embedded model: collect -> train -> calibrate -> evaluate -> report"
 DESCRIPTION = __doc__
 
-DEMO_STRATEGIES = "fixed@64,fixed@1024,sc@4,sc@8,sc@16,best_of@8,esc@16,asc@16,dynasor,adaptive"
+DEMO_STRATEGIES = "fixed@64,fixed@384,sc@4,sc@8,sc@16,best_of@8,esc@16,asc@16,deepconf@16,dynasor,adaptive"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--task", default="arith", help="task family")
     p.add_argument("--out", default="out/demo", help="output folder")
-    p.add_argument("--n", type=int, default=160, help="problems collected (split 50/25/25 train/calib/test)")
-    p.add_argument("--samples", type=int, default=6, help="generations per problem in the traces (first greedy)")
+    p.add_argument("--n", type=int, default=120, help="problems collected (split 50/25/25 train/calib/test)")
+    p.add_argument("--samples", type=int, default=4, help="generations per problem in the traces (first greedy)")
     p.add_argument("--seed", type=int, default=2000, help="problem, split and sampling seed")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (traces and controller)")
     p.add_argument("--strategies", default=DEMO_STRATEGIES, help="strategies evaluated")
+    p.add_argument("--token-cap", type=int, default=384,
+                   help="generated tokens per sample at most (the embedded model's longest arith traces are ~350 at "
+                        "T=0.7; the cap sizes the preallocated KV cache, so it sets the cost of every step)")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     add_progress_argument(p)
 
@@ -86,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     train = json.loads((bundle / "train_report.json").read_text())
     stage("calibrate (calibrators, Learn-then-Test threshold, routing table)")
     cal = calibrate_bundle(bundle, CalibrationConfig())
-    ctl_cfg = ControllerConfig(seed=args.seed, temperature=args.temperature)
-    table = fit_bundle_routing(bundle, config=ctl_cfg)
+    ctl_cfg = ControllerConfig(seed=args.seed, temperature=args.temperature, token_cap=args.token_cap,
+                               easy_cap=min(ControllerConfig().easy_cap, args.token_cap))
+    table = fit_bundle_routing(bundle, config=ctl_cfg, tokenizer=tokenizer)
     stage("calibration report")
     entries = bundle_report_entries(bundle)
     calibration_report(entries, out / "report", title=f"thinkctl demo: {args.task} on {model_id(model)}")

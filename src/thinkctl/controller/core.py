@@ -219,7 +219,8 @@ class AdaptiveController:
 
     Parallel: waves of ``config.wave_size`` samples per prompt branch off the shared prefill until ``stop_rule``
     (default :class:`~thinkctl.eval.voting.MajorityStabilityStopping`) says the vote is settled or the sample budget
-    is spent; the answer is the (optionally confidence-weighted) majority, or the best-scored sample with a scorer.
+    is spent; the answer is the (optionally confidence-weighted, ``config.weighted_vote``) majority. The ``scorer``
+    picks the best sample in ``best_of@N`` (:meth:`run_parallel` with ``scorer=``); the adaptive route votes.
 
     Parameters
     ----------
@@ -300,8 +301,10 @@ class AdaptiveController:
     def generate(self, prompts: Sequence[str]) -> list[ControllerResult]:
         """Answer each prompt adaptively; one result per prompt, in order.
 
-        ``config.deadline_s`` bounds the whole call: a running generation is stopped at the deadline and its answer
-        forced; prompts reached after it get an answer forced without thinking.
+        ``config.deadline_s`` bounds the thinking of the whole call: a running generation is stopped at the deadline
+        and its answer forced; prompts reached after it get an answer forced without thinking. The forced answers
+        themselves (marker + at most ``max_answer_tokens``) still run after the deadline, so the wall time can exceed
+        it by that much.
         """
         clock = _Clock(self.config.deadline_s)
         return self._chunked(prompts, lambda pre, c: self._adaptive(pre, clock, c))

@@ -222,13 +222,15 @@ def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
 
 
 def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None, token_budget_multiple: float = 3.0,
-                       n_bins: int = 5, seed: int = 0) -> RoutingTable:
+                       n_bins: int = 5, seed: int = 0, tokenizer: Any = None) -> RoutingTable:
     """Calibrate a bundle's difficulty probe and fit its routing table on the bundle's calibration problems.
 
     The difficulty probe's logits on the prompt states are Platt-scaled against whether each sample solved its
     problem (``calibration/difficulty.json``); the routes' accuracy and tokens come from the bundle's traces
     (:func:`estimate_routes`); the token budget is ``token_budget_multiple`` times the mean tokens of one greedy
-    answer on those problems. Writes ``routing.json`` into the bundle and returns the table.
+    answer on those problems. With the model's ``tokenizer`` the routes' thinking caps are exactly the controller's
+    (cap minus the forced answer marker, ``max_answer_tokens`` and EOS); without it the marker is taken as 8 tokens.
+    Writes ``routing.json`` into the bundle and returns the table.
     """
     from thinkctl.calibration.calibrators import make_calibrator
     from thinkctl.controller.config import ControllerConfig
@@ -260,7 +262,12 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     p_solve: dict[str, float] = {}
     for g, v in zip(sa.groups[mask], p[mask]):
         p_solve.setdefault(str(g), float(v))
-    marker_allowance = cfg.max_answer_tokens + 8  # the forced "</think>\nFinal Answer:" marker, answer, EOS
+    marker = 7
+    if tokenizer is not None:
+        from thinkctl.generation import reasoning_format
+
+        marker = len(reasoning_format(tokenizer).force_answer_ids)
+    marker_allowance = marker + cfg.max_answer_tokens + 1  # the forced "</think>\nFinal Answer:", answer, EOS
     est = estimate_routes(store.samples(), p_solve, easy_thinking=max(1, cfg.easy_cap - marker_allowance),
                           serial_thinking=max(1, cfg.token_cap - marker_allowance), seed=seed)
     serial = est.tokens[:, [c.name for c in est.candidates].index("serial")].mean()
