@@ -238,3 +238,23 @@ def test_deadline_interrupts_a_running_generation(tok):
     assert r.text.split("</think>")[0] and "</think>\nFinal Answer:" in r.text and r.answer
     assert generated_tokens(r) == stop["thinking_tokens"] + FORCE + 4 + 1
     assert elapsed < 3.0  # the answer (20 forced and answer tokens) comes right after
+
+
+def test_a_dearer_route_needs_a_supported_gain_not_a_lucky_one():
+    """Noise chasing: on 12 problems a vote that is right once more than the cheap route is no evidence; a vote
+    that is right on most problems where the cheap route fails is."""
+    from thinkctl.controller.routing import Route, RouteEstimates
+
+    n = 12
+    cands = [Route("easy"), Route("parallel", 8)]
+    lucky = np.zeros((n, 2))
+    lucky[0, 1] = 1.0  # one problem better, by chance
+    est = RouteEstimates([f"p{i}" for i in range(n)], np.linspace(0.1, 0.2, n), cands, lucky,
+                         np.tile([100.0, 800.0], (n, 1)))
+    table = fit_routing_table(est, token_budget=10_000, n_bins=1)
+    assert [r.name for r in table.routes] == ["easy"] and table.meta["supported"] == [["easy"]]
+    real = np.zeros((n, 2))
+    real[:9, 1] = 1.0
+    est = RouteEstimates(est.problem_ids, est.p_solve, cands, real, est.tokens)
+    table = fit_routing_table(est, token_budget=10_000, n_bins=1)
+    assert [r.name for r in table.routes] == ["parallel@8"] and table.meta["supported"] == [["easy", "parallel@8"]]

@@ -172,13 +172,18 @@ def estimate_routes(samples: Sequence[dict[str, Any]], p_solve: dict[str, float]
     return RouteEstimates(ids, np.array([p_solve[i] for i in ids]), candidates, np.asarray(acc), np.asarray(tok))
 
 
-def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int = 5) -> RoutingTable:
+def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int = 5, confidence: float = 0.95,
+                      n_boot: int = 1000, seed: int = 0) -> RoutingTable:
     """Per difficulty bin, the route that maximises mean accuracy with mean tokens at most ``token_budget``.
 
-    Bins are quantiles of P(solve) over the problems. A sweep over the price of a token ``lam`` gives, per bin, the
-    route maximising ``accuracy - lam * tokens``; the table kept is the feasible one (mean tokens within the budget)
-    with the best mean accuracy (ties: fewer tokens). When even the cheapest table exceeds the budget, the cheapest
-    is kept and ``meta["feasible"]`` is False.
+    Bins are quantiles of P(solve) over the problems. In each bin a route dearer than the bin's cheapest is a
+    candidate only when its accuracy gain over the cheapest is supported by the data: the one-sided ``confidence``
+    lower bound of the mean paired gain (bootstrap over the bin's problems) is above zero. A calibration split has a
+    few dozen problems per bin; without this test the fit chases noise, buying extra samples for gains that do not
+    replicate on new problems. A sweep over the price of a token ``lam`` then gives, per bin, the supported route
+    maximising ``accuracy - lam * tokens``; the table kept is the feasible one (mean tokens within the budget) with
+    the best mean accuracy (ties: fewer tokens). When even the cheapest table exceeds the budget, the cheapest is
+    kept and ``meta["feasible"]`` is False. ``meta["supported"]`` lists the candidates that passed, per bin.
     """
     if token_budget <= 0:
         raise ValueError(f"token_budget={token_budget} must be positive (mean tokens per query)")
@@ -193,10 +198,26 @@ def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int =
     tok = np.array([est.tokens[bins == b].mean(0) if (bins == b).any() else np.zeros(len(est.candidates))
                     for b in range(n_b)])
     weight = np.array([(bins == b).mean() for b in range(n_b)])
+    rng = np.random.default_rng(seed)
+    supported = np.zeros_like(acc, dtype=bool)
+    for b in range(n_b):
+        rows = np.flatnonzero(bins == b)
+        if rows.size == 0:
+            supported[b, int(np.argmin(tok[b]))] = True
+            continue
+        base = int(np.argmin(tok[b]))
+        supported[b, base] = True
+        idx = rng.integers(0, rows.size, size=(n_boot, rows.size))
+        for j in range(len(est.candidates)):
+            if j == base:
+                continue
+            gain = est.accuracy[rows, j] - est.accuracy[rows, base]
+            supported[b, j] = bool(np.quantile(gain[idx].mean(1), 1 - confidence) > 0)
+    acc_eff = np.where(supported, acc, -np.inf)
     best: tuple[float, float, np.ndarray] | None = None
     cheapest: tuple[float, float, np.ndarray] | None = None
     for lam in np.concatenate([[0.0], np.geomspace(1e-7, 1.0, 400)]):
-        choice = np.argmax(acc - lam * tok, axis=1)
+        choice = np.argmax(acc_eff - lam * tok, axis=1)
         a = float((weight * acc[np.arange(n_b), choice]).sum())
         t = float((weight * tok[np.arange(n_b), choice]).sum())
         if cheapest is None or t < cheapest[1]:
@@ -209,7 +230,8 @@ def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int =
                   for j, c in enumerate(est.candidates)} for b in range(n_b)]
     meta = {"token_budget": float(token_budget), "n_problems": n, "bin_weights": weight.tolist(),
             "expected_accuracy": a, "expected_tokens": t, "feasible": feasible,
-            "candidates": [c.name for c in est.candidates]}
+            "candidates": [c.name for c in est.candidates], "gain_confidence": confidence,
+            "supported": [[c.name for j, c in enumerate(est.candidates) if supported[b, j]] for b in range(n_b)]}
     return RoutingTable(edges, [est.candidates[j] for j in choice], estimates, meta)
 
 
