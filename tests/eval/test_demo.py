@@ -17,8 +17,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "adaptive" in printed and "routing:" in printed and "held-out AUROC" in printed
-    for f in ("summary.json", "evaluate.json", "evaluate.png", "evaluate.rows.jsonl", "report/report.html",
-              "bundle/routing.json", "bundle/calibration/risk_control.json", "traces/config.json"):
+    for f in ("summary.json", "evaluate.json", "evaluate.png", "reliability.png", "evaluate.rows.jsonl",
+              "report/report.html", "bundle/routing.json", "bundle/calibration/risk_control.json",
+              "traces/config.json"):
         assert (out / f).is_file(), f
     ev = json.loads((out / "evaluate.json").read_text())
     test_ids = json.loads((out / "bundle" / "bundle.json").read_text())["split"]["test"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
 from thinkctl.commands._common import add_model_argument, add_progress_argument, write_json
 
 NAME = "demo"
@@ -47,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import time
     from dataclasses import replace
-    from pathlib import Path
 
     import thinkctl
     from thinkctl.calibration.bundle import CalibrationConfig, bundle_report_entries, calibrate_bundle
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     fig.tight_layout()
     fig.savefig(out / "evaluate.png", dpi=120)
     plt.close(fig)
+    _reliability_png(bundle, entries, out / "reliability.png")
     stage("done")
 
     conf = train["confidence"] if "confidence" in train else {}
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         print("adaptive at matched tokens: " + ("at least as accurate as every baseline family" if not worse
                                                 else "less accurate than " + ", ".join(worse)))
     print(f"total {stamps['done']:.0f} s; wrote {out}/summary.json, {out}/evaluate.json, {out}/evaluate.png, "
-          f"{out}/report/report.html")
+          f"{out}/reliability.png, {out}/report/report.html")
     return 0
 
 
@@ -162,3 +164,24 @@ def _fmt_auc(v: object) -> str:
         lo, hi = v.get("ci95", [None, None])
         return f"{v['value']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
     return "n/a" if v is None else f"{float(v):.3f}"  # type: ignore[arg-type]
+
+
+def _reliability_png(bundle: Path, entries: dict, path: Path) -> None:
+    """Reliability diagram of the confidence probe on the test problems: raw sigmoid against the bundle's calibrator."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from thinkctl.calibration.calibrators import load_calibrator
+    from thinkctl.calibration.plotting import reliability_diagram
+
+    entry = next(iter(entries.values()))
+    y, logits = entry["y_true_test"], entry["scores_test"]
+    calibrator = load_calibrator(bundle / "calibration" / "confidence.json")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    reliability_diagram(y, 1.0 / (1.0 + np.exp(-logits)), ax=axes[0], label="probe (sigmoid)")
+    axes[0].set_title("confidence probe, uncalibrated")
+    reliability_diagram(y, calibrator.predict_proba(logits), ax=axes[1], label="calibrated")
+    axes[1].set_title("after the bundle's calibrator (test problems)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -3,14 +3,16 @@
 :class:`AdaptiveController` routes each query by calibrated difficulty, thinks in doubling budgets continuing from
 the KV cache and stops once the calibrated confidence reaches the bundle's risk-controlled threshold, or samples in
 waves sharing one prefill and stops when the vote is settled; it honours a wall-clock deadline and always returns
-an answer. :data:`STRATEGIES` puts the baselines (``fixed@B``, ``sc@N``, ``esc``, ``asc``) behind the same interface.
+an answer. :data:`STRATEGIES` puts the baselines (``fixed@B``, ``sc@N``, ``best_of@N``, ``esc``, ``asc``, ``deepconf``,
+``dynasor``) behind the same interface.
 
 Examples
 --------
 >>> from thinkctl.controller import AdaptiveController, ControllerConfig  # doctest: +SKIP
 >>> cfg = ControllerConfig(deadline_s=30)  # doctest: +SKIP
 >>> controller = AdaptiveController.load("bundle/", model, tokenizer, cfg)  # doctest: +SKIP
->>> results = controller.generate(prompts)  # answer, text, confidence, tokens, samples, strategy, trace  # doctest: +SKIP
+>>> results = controller.generate(prompts)  # doctest: +SKIP
+>>> results[0].answer, results[0].confidence, results[0].tokens, results[0].trace  # doctest: +SKIP
 """
 
 from thinkctl.controller.config import ControllerConfig
