@@ -5,6 +5,9 @@ JSONL row per (problem, strategy) goes to ``--rows`` (default: beside ``--json``
 run resumes; the summary JSON follows ``../shared/DESIGN.md`` (accuracy, tokens_mean, samples_mean, n, ci95 per
 strategy) plus the matched-compute comparison, and ``--plot`` draws accuracy against tokens (Pareto plot) with the
 oracle frontier when ``--traces`` gives greedy traces of the same problems.
+
+With ``--ray ADDRESS`` the blocks (one strategy on up to ``--block`` problems) run on Ray actors, one model replica
+and controller each; the driver writes the same rows, resumes the same way, and summarizes them as without Ray.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", type=float, default=None, help="seconds per block of prompts (graceful)")
     p.add_argument("--instruct", action="store_true", help="phrase prompts for an instruct model (as in collect)")
     p.add_argument("--trace-rows", action="store_true", help="keep each decision trace in the JSONL rows")
-    p.add_argument("--ray", default=None, metavar="ADDRESS", help="not supported by evaluate yet")
+    p.add_argument("--block", type=int, default=64, help="problems per strategy call (one resumable block; "
+                                                          "one Ray shard)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="shard blocks over Ray actors: 'local' (start a local instance), 'auto' (join the running "
+                        "cluster) or a cluster address; needs pip install 'thinkctl[distributed]'")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="Ray actors (model replicas); default: one per GPU, else one per CPU")
     add_progress_argument(p)
 
 
@@ -51,8 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.controller import AdaptiveController, ControllerConfig
     from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, pareto_plot, summarize
 
+    if args.ray is None and args.ray_workers is not None:
+        raise ValueError(f"--ray-workers={args.ray_workers} needs --ray ADDRESS ('local', 'auto' or an address)")
+    if args.block < 1:
+        raise ValueError(f"--block={args.block} must be at least 1")
     if args.ray is not None:
-        raise ValueError("evaluate does not run on Ray yet; run it without --ray (collect supports --ray)")
+        from thinkctl.distributed import require_ray
+
+        require_ray()  # before any work: the one-line error naming the extra
     if args.n < 1:
         raise ValueError(f"--n={args.n} must be at least 1")
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -64,20 +79,32 @@ def run(args: argparse.Namespace) -> int:
         from thinkctl.embedded.gym import INSTRUCT_SUFFIX
 
         problems = [replace(p, prompt=p.prompt + INSTRUCT_SUFFIX) for p in problems]
-    model, tokenizer = thinkctl.load_model(args.model)
     cfg = ControllerConfig(seed=args.seed, deadline_s=args.deadline)
     if args.token_cap is not None:
         cfg = replace(cfg, token_cap=args.token_cap, easy_cap=min(cfg.easy_cap, args.token_cap))
-    if args.bundle:
-        controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task)
-    else:
-        controller = AdaptiveController(model, tokenizer, config=cfg, task=task)
     out = Path(args.json)
     rows_path = Path(args.rows) if args.rows else out.with_suffix(".rows.jsonl")
-    bar = tqdm(total=len(problems) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
-    rows = evaluate(controller, task, problems, strategies, rows_path=rows_path, progress=bar.update,
-                    record_trace=args.trace_rows)
-    bar.close()
+    if args.ray is not None:
+        from thinkctl.distributed import ModelSpec, RayConfig, evaluate_distributed
+
+        ray_cfg = RayConfig(address=args.ray, num_workers=args.ray_workers, quiet=not getattr(args, "verbose", False))
+        info: dict = {}
+        rows = evaluate_distributed(ModelSpec(args.model), task, problems, strategies, config=cfg,
+                                    bundle=args.bundle, rows_path=rows_path, block=args.block,
+                                    record_trace=args.trace_rows, ray=ray_cfg, progress=not args.no_progress,
+                                    info=info)
+        routing = info.get("routing")
+    else:
+        model, tokenizer = thinkctl.load_model(args.model)
+        if args.bundle:
+            controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task)
+        else:
+            controller = AdaptiveController(model, tokenizer, config=cfg, task=task)
+        bar = tqdm(total=len(problems) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
+        rows = evaluate(controller, task, problems, strategies, rows_path=rows_path, block=args.block,
+                        progress=bar.update, record_trace=args.trace_rows)
+        bar.close()
+        routing = None if controller.routing is None else [r.name for r in controller.routing.routes]
     if args.traces:
         from thinkctl.traces.store import TraceStore
 
@@ -88,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
               "config": {"task": args.task, "seed": args.seed, "n": args.n, "level": args.level,
                          "model": args.model, "bundle": args.bundle, "strategies": strategies,
                          "controller": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
-                         "routing": None if controller.routing is None else
-                         [r.name for r in controller.routing.routes], "rows": str(rows_path)}}
+                         "routing": routing, "rows": str(rows_path)}}
     write_json(out, result)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     import matplotlib

@@ -8,7 +8,8 @@ import it, and anything that needs it raises an ImportError naming that extra.
 - :class:`ShardRunner` / :func:`run_sharded`: a generic pool of actors, each building its worker once from a
   picklable factory, retrying a shard on a fresh actor when its actor dies;
 - :class:`ModelSpec`: the picklable model description a worker loads (``thinkctl.load_model`` spec, dtype, device);
-- :func:`collect_distributed` / :class:`CollectWorker`: ``thinkctl collect --ray``, into the same trace store.
+- :func:`collect_distributed` / :class:`CollectWorker`: ``thinkctl collect --ray``, into the same trace store;
+- :func:`evaluate_distributed` / :class:`EvaluateWorker`: ``thinkctl evaluate --ray``, into the same JSONL rows.
 
 Examples
 --------
@@ -26,12 +27,15 @@ from thinkctl.distributed.model import ModelSpec, worker_device
 from thinkctl.distributed.runner import RunStats, ShardRunner, run_sharded
 
 __all__ = ["AUTO", "LOCAL", "RAY_INSTALL", "RayConfig", "ray_session", "require_ray", "ModelSpec", "worker_device",
-           "ShardRunner", "RunStats", "run_sharded", "CollectWorker", "collect_distributed", "shard_seed"]
+           "ShardRunner", "RunStats", "run_sharded", "CollectWorker", "collect_distributed", "shard_seed",
+           "EvaluateWorker", "evaluate_distributed"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from thinkctl.distributed.collect import CollectWorker, collect_distributed, shard_seed
+    from thinkctl.distributed.evaluate import EvaluateWorker, evaluate_distributed
 
 _COLLECT = ("CollectWorker", "collect_distributed", "shard_seed")
+_EVALUATE = ("EvaluateWorker", "evaluate_distributed")
 
 
 def __getattr__(name: str) -> Any:
@@ -40,4 +44,8 @@ def __getattr__(name: str) -> Any:
         from thinkctl.distributed import collect
 
         return getattr(collect, name)
+    if name in _EVALUATE:
+        from thinkctl.distributed import evaluate
+
+        return getattr(evaluate, name)
     raise AttributeError(f"module 'thinkctl.distributed' has no attribute {name!r}")

@@ -129,24 +129,36 @@ def evaluate(controller: Any, task: Any, problems: Sequence[Any], strategies: Se
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     for name, run in runners.items():
-        todo = [p for p in problems if (p.id, name) not in have]
+        chunks = _todo_blocks(problems, name, have, block)
         if progress is not None:
-            progress(len(problems) - len(todo))
-        for start in range(0, len(todo), block):
-            chunk = todo[start:start + block]
+            progress(len(problems) - sum(len(c) for c in chunks))
+        for chunk in chunks:
             results = run(controller, [p.prompt for p in chunk])
             new = [_row(p, name, r, task, record_trace) for p, r in zip(chunk, results)]
             if path is not None:
-                with path.open("a") as f:
-                    for row in new:
-                        f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                _append_rows(path, new)
             rows.extend(new)
             if progress is not None:
                 progress(len(chunk))
     keep = {p.id for p in problems}
     return [r for r in rows if r["problem_id"] in keep and r["strategy"] in runners]
+
+
+def _todo_blocks(problems: Sequence[Any], name: str, have: set[tuple[str, str]], block: int) -> list[list[Any]]:
+    """The blocks of ``block`` problems that :func:`evaluate` runs for strategy ``name``: the problems without a row
+    in ``have`` (``(problem_id, strategy)`` pairs), in order. Each block is one call of the strategy, whose sampling
+    seeds depend only on the block's prompts, so a run sharded by these blocks gives the same rows."""
+    todo = [p for p in problems if (p.id, name) not in have]
+    return [todo[start:start + block] for start in range(0, len(todo), block)]
+
+
+def _append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append ``rows`` to the JSONL at ``path`` and fsync: a block is on disk before the next one starts."""
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _stop_of(trace: list[dict[str, Any]]) -> str | None:
