@@ -4,6 +4,8 @@ interrupted mid-run resumes without recomputing the blocks it wrote, and --ray w
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from functools import partial
@@ -132,6 +134,22 @@ def test_a_runner_built_for_another_config_is_refused(runner, tmp_path):
         evaluate_distributed("embedded", "arith", PROBLEMS, STRATEGIES, config=replace(CFG, seed=5),
                              rows_path=tmp_path / "rows.jsonl", runner=runner, progress=False)
     assert not (tmp_path / "rows.jsonl").exists()
+
+
+def test_cli_on_its_own_local_ray_writes_the_same_rows_and_summary(reference, tmp_path):
+    out = tmp_path / "e.json"
+    cmd = [sys.executable, "-m", "thinkctl.cli", "evaluate", "--model", "embedded", "--task", "arith", "--seed", "31",
+           "--n", str(len(PROBLEMS)), "--level", "1", "--strategies", ",".join(STRATEGIES), "--token-cap", "96",
+           "--block", str(BLOCK), "--json", str(out), "--ray", "local", "--ray-workers", "2", "--no-progress"]
+    done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _as_set(_rows(tmp_path / "e.rows.jsonl")) == _as_set(reference)
+    result = json.loads(out.read_text())
+    assert set(result["strategies"]) == set(STRATEGIES)
+    assert all(s["n"] == len(PROBLEMS) for s in result["strategies"].values())
+    assert result["config"]["routing"] is None  # no bundle: no routing table on the actors
+    assert (tmp_path / "e.png").is_file()
 
 
 def test_ray_without_ray_installed_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path, capsys):
