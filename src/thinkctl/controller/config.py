@@ -163,6 +163,11 @@ class ControllerConfig:
             raise ValueError(f"easy_cap={self.easy_cap} must lie in (max_answer_tokens={self.max_answer_tokens}, "
                              f"token_cap={self.token_cap}]")
 
+    def thinking_cap(self, cap: int, marker_tokens: int) -> int:
+        """Thinking tokens a per-sample ``cap`` leaves once the forced answer marker (``marker_tokens`` long),
+        ``max_answer_tokens`` answer tokens and the forced EOS are set aside."""
+        return cap - marker_tokens - self.max_answer_tokens - 1
+
     def budgets(self, thinking_cap: int) -> list[int]:
         """Thinking budgets at which the controller reads its confidence, ending exactly at the usable cap.
 

@@ -425,7 +425,7 @@ class AdaptiveController:
 
     def _thinking_cap(self, cap: int) -> int:
         """Thinking tokens a cap leaves after the forced marker, the answer tokens and the forced EOS."""
-        return cap - len(self.fmt.force_answer_ids) - self.config.max_answer_tokens - 1
+        return self.config.thinking_cap(cap, len(self.fmt.force_answer_ids))
 
     def _run_rows(self, pre: _Prefill, rows: list[int], *, sample: bool, cap: int, clock: _Clock, seed: int = 0,
                   probe_at: Sequence[int] = (), threshold: float | None = None, read_end: bool = False,
@@ -637,8 +637,9 @@ class AdaptiveController:
         return results
 
     def _result(self, pre: _Prefill, i: int, gen: list[int], generated: int, confidence: float,
-                trace: list[dict[str, Any]], name: str, samples: int, answer: str | None = None) -> ControllerResult:
-        text = self._decode(gen)
+                trace: list[dict[str, Any]], name: str, samples: int, answer: str | None = None,
+                text: str | None = None) -> ControllerResult:
+        text = self._decode(gen) if text is None else text
         ans = answer if answer is not None else self._answer_of(text)
         trace.append({"event": "answer", "answer": ans, "generated_tokens": len(gen)})
         return ControllerResult(answer=ans if ans is not None else "", text=text, confidence=float(confidence),
@@ -677,6 +678,7 @@ class AdaptiveController:
         tallies = [VoteTally() for _ in rows]
         wtallies = [VoteTally() for _ in rows]
         gens: list[list[list[int]]] = [[] for _ in rows]
+        texts: list[list[str]] = [[] for _ in rows]  # each sample decoded once
         scores: list[list[float]] = [[] for _ in rows]
         generated = [0] * k_rows
         status = ["budget"] * k_rows
@@ -708,12 +710,14 @@ class AdaptiveController:
                 answers, weights, kept = [], [], []
                 for _ in range(w):
                     row = out.gen[j]
+                    text = self._decode(row)
                     gens[k].append(row)
+                    texts[k].append(text)
                     generated[k] += 1 + len(row)
-                    a = None if out.low_confidence[j] else self._answer_of(self._decode(row))
+                    a = None if out.low_confidence[j] else self._answer_of(text)
                     s = out.end_confidence[j]
                     if callable(scorer):
-                        s = float(scorer(pre.prompts[rows[k]], self._decode(row)))
+                        s = float(scorer(pre.prompts[rows[k]], text))
                     scores[k].append(s if not math.isnan(s) else -math.inf)
                     answers.append(a)
                     kept.append(not out.low_confidence[j])
@@ -747,13 +751,14 @@ class AdaptiveController:
                 else tallies[k]
             if scorer is not None and gens[k]:
                 best = int(np.argmax(scores[k]))
-                leader = self._answer_of(self._decode(gens[k][best]))
+                leader = self._answer_of(texts[k][best])
                 trace.append({"event": "best_of", "samples": len(gens[k]), "best": best, "score": scores[k][best],
                               "leader": leader, "stop": status[k]})
                 if leader is not None:
                     s = scores[k][best]
                     results[k] = self._result(pre, rows[k], gens[k][best], generated[k],
-                                              _squash(s), trace, name, len(gens[k]), answer=leader)
+                                              _squash(s), trace, name, len(gens[k]), answer=leader,
+                                              text=texts[k][best])
                     continue
             else:
                 leader = final.leader()
@@ -768,7 +773,7 @@ class AdaptiveController:
             total = sum(v for _, v in final.ranked())
             share = final.votes(leader) / total if total > 0 else 0.0
             results[k] = self._result(pre, rows[k], gens[k][first], generated[k], share, trace, name,
-                                      tallies[k].n_seen, answer=str(leader))
+                                      tallies[k].n_seen, answer=str(leader), text=texts[k][first])
         if forced:
             # nobody voted (every sample failed to answer, or the deadline came first): one greedy forced answer
             sub = [traces[k] for k in forced]

@@ -289,9 +289,8 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
         from thinkctl.generation import reasoning_format
 
         marker = len(reasoning_format(tokenizer).force_answer_ids)
-    marker_allowance = marker + cfg.max_answer_tokens + 1  # the forced "</think>\nFinal Answer:", answer, EOS
-    est = estimate_routes(store.samples(), p_solve, easy_thinking=max(1, cfg.easy_cap - marker_allowance),
-                          serial_thinking=max(1, cfg.token_cap - marker_allowance), seed=seed)
+    est = estimate_routes(store.samples(), p_solve, easy_thinking=max(1, cfg.thinking_cap(cfg.easy_cap, marker)),
+                          serial_thinking=max(1, cfg.thinking_cap(cfg.token_cap, marker)), seed=seed)
     serial = est.tokens[:, [c.name for c in est.candidates].index("serial")].mean()
     table = fit_routing_table(est, token_budget=token_budget_multiple * float(serial), n_bins=n_bins)
     table.meta.update({"token_budget_multiple": token_budget_multiple, "difficulty_layer": layer,
