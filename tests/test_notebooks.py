@@ -140,7 +140,7 @@ def test_calibration_report_notebook(tmp_path, kernel_dir, monkeypatch):
     assert res["chosen_calibrator"] in metrics and _is_probability(res["auroc"])
 
     ltt = res["ltt"]
-    assert ltt["n_calib_samples"] >= ltt["min_n"] == 45  # the default split leaves enough samples to certify
+    assert ltt["n_calib_problems"] >= ltt["min_n"] == 45  # the default split leaves enough problems to certify
     if ltt["threshold"] is None:
         assert ltt["reason"] and ltt["guarantee"] is None
     else:

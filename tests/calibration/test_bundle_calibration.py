@@ -19,8 +19,11 @@ def bundle(tmp_path, synthetic_store):
     return tmp_path / "bundle"
 
 
+SYNTH_POINTS = (8, 16, 24)  # the synthetic store's checkpoints are at 8, 16, 24, 32 thinking tokens
+
+
 def test_calibration_report_and_threshold(bundle):
-    rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2))
+    rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2, check_points=SYNTH_POINTS))
     assert rep["calibrator"] in rep["cv_brier_on_calib"]
     cal, raw = rep["test_calibrated"]["ece"], rep["test_uncalibrated"]["ece"]
     assert cal["ci95"][0] <= cal["value"] <= cal["ci95"][1]
@@ -30,6 +33,10 @@ def test_calibration_report_and_threshold(bundle):
     assert rc["threshold"] is not None and lo <= rc["threshold"] < 1
     es = rep["test_early_stopping"]
     assert es["thinking_fraction_used_mean"] < 1.0  # the threshold actually stops some samples early
+    # the guarantee's units are problems, through their greedy samples (one per problem)
+    assert rc["units"].startswith("problems (the greedy sample") and rc["method"] == "binomial"
+    assert rc["n_calib_problems"] == rc["n_calib_samples"] == es["n_problems"] == es["n_samples"]
+    assert rc["check_points"] == list(SYNTH_POINTS)
     assert json.loads((bundle / "bundle.json").read_text())["calibration"]["stop_threshold"] == rc["threshold"]
 
 
@@ -38,6 +45,30 @@ def test_impossible_risk_gives_no_threshold_and_says_why(bundle):
     assert rep["risk_control"]["threshold"] is None
     assert rep["risk_control"]["reason"]
     assert "test_early_stopping" not in rep
+
+
+def test_risk_is_certified_per_problem_not_per_sample(tmp_path, synthetic_store):
+    """Correlated samples do not count as independent evidence: without greedy rows each problem's loss is the
+    mean over its samples (Hoeffding-Bentkus), so n is the number of calib problems."""
+    import shutil
+
+    from thinkctl.traces import TraceStore
+
+    store = synthetic_store(tmp_path / "traces", n_problems=200, samples=3)
+    for shard in sorted(store.path.glob("shard-*.jsonl")):  # forget which sample was greedy
+        shard.write_text(shard.read_text().replace('"greedy": true', '"greedy": false'))
+    train_predictors(TraceStore(store.path), tmp_path / "bundle", PredictorTrainingConfig(n_bootstrap=50))
+    rep = calibrate_bundle(tmp_path / "bundle", CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2,
+                                                                  check_points=SYNTH_POINTS))
+    rc = rep["risk_control"]
+    assert rc["method"] == "hoeffding-bentkus" and rc["units"].startswith("problems (mean loss")
+    assert rc["n_calib_samples"] == 3 * rc["n_calib_problems"]
+    # off-schedule checkpoints are ignored: a schedule the store never recorded cannot stop anything
+    shutil.rmtree(tmp_path / "bundle" / "calibration")
+    rep = calibrate_bundle(tmp_path / "bundle", CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2,
+                                                                  check_points=(64, 128)))
+    es = rep["test_early_stopping"]
+    assert es["stopped_fraction"] == 0.0 and es["realised_risk"] == 0.0
 
 
 def test_not_a_bundle(tmp_path):

@@ -85,3 +85,17 @@ def test_bundle_layer_must_exist_in_the_model(tmp_path, model, tok):
 def test_missing_bundle_is_a_clear_error(tmp_path, model, tok):
     with pytest.raises(FileNotFoundError, match="is not a bundle"):
         AdaptiveController.load(tmp_path, model, tok)
+
+
+def test_reading_confidence_outside_the_certified_schedule_warns(tmp_path, model, tok, caplog):
+    write_bundle(tmp_path, 32, threshold=0.99)
+    (tmp_path / "calibration" / "risk_control.json").write_text(json.dumps({"threshold": 0.99,
+                                                                           "check_points": [8, 16, 32, 64]}))
+    c = AdaptiveController.load(tmp_path, model, tok, CFG)
+    assert c.confidence.certified_at == (8, 16, 32, 64)
+    with caplog.at_level("WARNING", logger="thinkctl.controller.core"):
+        c.run_serial(["What is 2+3?"])  # CFG's schedule 8, 16, 32, 64: certified
+    assert "guarantee does not cover" not in caplog.text
+    with caplog.at_level("WARNING", logger="thinkctl.controller.core"):
+        c.run_serial(["What is 2+3?"], budgets=[12, 24, 100])
+    assert "guarantee does not cover" in caplog.text and "[12, 24]" in caplog.text

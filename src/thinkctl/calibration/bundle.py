@@ -3,11 +3,16 @@
 Uses only the bundle's ``calib`` problems to fit and the ``test`` problems to measure:
 
 1. the confidence probe's logits -> each calibrator, chosen by grouped cross-validated Brier score on ``calib``;
-2. Learn-then-Test (Angelopoulos et al. 2021) on ``calib`` samples for the rule "stop at the first checkpoint
-   whose calibrated confidence >= λ": the loss is 1 when stopping there turns a right final answer into a wrong
-   one; the chosen λ keeps that risk <= ``epsilon`` with probability >= 1 - ``delta`` (or None, with the reason);
+2. Learn-then-Test (Angelopoulos et al. 2021) on ``calib`` problems for the rule the controller runs: "read the
+   calibrated confidence at the thinking budgets ``check_points`` (the controller's doubling schedule B0, 2 B0, ...)
+   and stop at the first one >= λ". The loss is 1 when stopping there turns a right final answer into a wrong one;
+   the chosen λ keeps that risk <= ``epsilon`` with probability >= 1 - ``delta`` (or None, with the reason).
+   The unit of the guarantee is the problem, the unit that is drawn independently: a problem's several samples
+   are correlated, and counting them as independent overstates the evidence. When the store holds a greedy sample
+   of every problem (the controller's serial thinking is greedy) the loss is that sample's (exact binomial test);
+   otherwise it is the mean loss over the problem's samples, a number in [0, 1] (Hoeffding-Bentkus);
 3. on ``test``: ECE (15 bins) before and after calibration with bootstrap intervals, and the realised risk and
-   thinking tokens saved at the chosen λ.
+   thinking tokens saved at the chosen λ, in the same units.
 """
 
 from __future__ import annotations
@@ -25,11 +30,17 @@ from thinkctl.calibration.calibrators import make_calibrator
 from thinkctl.calibration.metrics import (auroc, bootstrap_ci, brier_score, expected_calibration_error,
                                           negative_log_likelihood)
 from thinkctl.calibration.risk_control import early_stopping_losses, learn_then_test
-from thinkctl.traces.store import TraceStore
+from thinkctl.controller.config import BUDGET_FACTOR, INITIAL_BUDGET
+from thinkctl.traces.store import CheckpointArrays, TraceStore
 
-__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries"]
+__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries",
+           "CONTROLLER_SCHEDULE", "StopRuleUnits", "stop_rule_units"]
 
 logger = logging.getLogger(__name__)
+
+#: The controller's default thinking budgets B0 * factor**k (see :class:`thinkctl.controller.ControllerConfig`),
+#: far enough to cover any recorded trace.
+CONTROLLER_SCHEDULE = tuple(INITIAL_BUDGET * BUDGET_FACTOR ** k for k in range(12))
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,9 @@ class CalibrationConfig:
     """Calibrator candidates, risk level and threshold grid.
 
     ``epsilon=0.05, delta=0.1``: stopping early may turn at most 5 % of right answers wrong, with 90 % confidence.
+    ``check_points``: thinking budgets at which the certified rule reads the confidence (the controller's default
+    doubling schedule; pass the ``check_points`` of a custom ``ControllerConfig``); empty: every recorded
+    checkpoint. Recorded checkpoints at other positions are ignored.
     """
 
     calibrators: tuple[str, ...] = ("temperature", "platt", "isotonic", "histogram")
@@ -49,10 +63,14 @@ class CalibrationConfig:
     #                                                          from the top, so a finer, wider grid costs no validity
     n_boot: int = 1000
     seed: int = 0
+    check_points: tuple[int, ...] = CONTROLLER_SCHEDULE
 
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1 or not 0 < self.delta < 1:
             raise ValueError(f"epsilon={self.epsilon} and delta={self.delta} must be in (0, 1)")
+        if any(not isinstance(c, (int, np.integer)) or c < 1 for c in self.check_points):
+            raise ValueError(f"check_points={self.check_points!r} must be positive integers (thinking tokens), "
+                             "e.g. (64, 128, 256); () reads every recorded checkpoint")
         if self.cv_folds < 2:
             raise ValueError(f"cv_folds={self.cv_folds} must be at least 2")
 
@@ -125,23 +143,18 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig 
     p_raw = 1.0 / (1.0 + np.exp(-logits))
     p_cal = calibrator.predict_proba(logits)
 
-    # 2. Learn-then-Test on calib samples
+    # 2. Learn-then-Test on calib problems, at the controller's schedule
     lam = np.linspace(*cfg.thresholds[:2], int(cfg.thresholds[2]))
-
-    def matrices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        conf, ids = checkpoint_matrix(ca.sample[mask], p_cal[mask])
-        ok, _ = checkpoint_matrix(ca.sample[mask], y[mask].astype(float), fill=0.0)
-        pos, _ = checkpoint_matrix(ca.sample[mask], ca.position[mask].astype(float))
-        frac, _ = checkpoint_matrix(ca.sample[mask], ca.fraction[mask].astype(float))
-        final = np.array([ca.final_correct[mask][ca.sample[mask] == s][0] for s in ids])
-        return conf, ok, pos, frac, final
-
-    conf_c, ok_c, _, _, final_c = matrices(cal)
-    losses = early_stopping_losses(conf_c, ok_c, final_c, lam)
-    ltt = learn_then_test(None, losses, lam, cfg.epsilon, cfg.delta, method=cfg.method)
-    risk_doc = {"rule": "stop at the first checkpoint whose calibrated confidence >= threshold",
+    units_c = stop_rule_units(ca, p_cal, cal, cfg.check_points)
+    losses = early_stopping_losses(units_c.conf, units_c.ok, units_c.final, lam)
+    losses = units_c.per_problem(losses)
+    method = cfg.method if units_c.greedy else "hoeffding-bentkus"
+    ltt = learn_then_test(None, losses, lam, cfg.epsilon, cfg.delta, method=method)
+    risk_doc = {"rule": "stop at the first checkpoint in check_points whose calibrated confidence >= threshold",
                 "loss": "1 when the stopped answer is wrong and the full run's answer is right",
-                "epsilon": cfg.epsilon, "delta": cfg.delta, "method": cfg.method, "n_calib_samples": int(len(final_c)),
+                "units": units_c.description, "check_points": list(cfg.check_points),
+                "epsilon": cfg.epsilon, "delta": cfg.delta, "method": method,
+                "n_calib_problems": int(losses.shape[0]), "n_calib_samples": int(len(units_c.final)),
                 "threshold": None if ltt.chosen is None else float(ltt.chosen), "reason": ltt.reason,
                 "n_valid_thresholds": int(len(ltt.valid_thresholds))}
     (bdir / "calibration" / "risk_control.json").write_text(json.dumps(risk_doc, indent=2))
@@ -154,27 +167,89 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig 
         "test_calibrated": _metrics(y[test], p_cal[test], cfg, cfg.seed),
         "risk_control": risk_doc,
     }
-    conf_t, ok_t, pos_t, frac_t, final_t = matrices(test)
     if ltt.chosen is not None:
-        reached = conf_t >= ltt.chosen
+        units_t = stop_rule_units(ca, p_cal, test, cfg.check_points)
+        reached = units_t.conf >= ltt.chosen
         first = np.where(reached.any(1), reached.argmax(1), -1)
         stopped = first >= 0
-        stop_ok = np.where(stopped, ok_t[np.arange(len(first)), np.maximum(first, 0)] > 0, final_t)
-        flipped = final_t & ~stop_ok
-        frac_used = np.where(stopped, frac_t[np.arange(len(first)), np.maximum(first, 0)], 1.0)
+        at = np.maximum(first, 0)
+        rows = np.arange(len(first))
+        stop_ok = np.where(stopped, units_t.ok[rows, at] > 0, units_t.final)
+        flipped = units_t.final & ~stop_ok
+        frac_used = np.where(stopped, units_t.frac[rows, at], 1.0)
         report["test_early_stopping"] = {
             "threshold": float(ltt.chosen),
-            "realised_risk": float(flipped.mean()),
-            "accuracy_full": float(final_t.mean()),
+            "units": units_t.description,
+            "realised_risk": float(units_t.per_problem(flipped.astype(float)[:, None])[:, 0].mean()),
+            "accuracy_full": float(units_t.final.mean()),
             "accuracy_stopped": float(stop_ok.mean()),
             "stopped_fraction": float(stopped.mean()),
             "thinking_fraction_used_mean": float(frac_used.mean()),
-            "n_samples": int(len(final_t)),
+            "n_samples": int(len(units_t.final)),
+            "n_problems": int(len(units_t.problems)),
         }
     (bdir / "calibration_report.json").write_text(json.dumps(report, indent=2))
     meta["calibration"] = {"confidence_calibrator": best, "stop_threshold": risk_doc["threshold"]}
     meta_path.write_text(json.dumps(meta, indent=2))
     return report
+
+
+@dataclass
+class StopRuleUnits:
+    """The stop rule's inputs on some problems, one row per sample (checkpoints at the schedule only), and the
+    map from samples to the problems that are the risk's independent units."""
+
+    conf: np.ndarray  # (n_samples, n_checkpoints) calibrated confidence, NaN where a sample has no such checkpoint
+    ok: np.ndarray  # (n_samples, n_checkpoints) forced answer right there
+    frac: np.ndarray  # (n_samples, n_checkpoints) fraction of natural thinking read
+    final: np.ndarray  # (n_samples,) full run right
+    problem_of: np.ndarray  # (n_samples,) index into problems
+    problems: np.ndarray
+    greedy: bool  # one greedy sample per problem (else every sample, averaged per problem)
+
+    @property
+    def description(self) -> str:
+        return ("problems (the greedy sample of each)" if self.greedy else
+                "problems (mean loss over each problem's samples; no greedy sample recorded for every problem)")
+
+    def per_problem(self, losses: np.ndarray) -> np.ndarray:
+        """(n_samples, T) -> (n_problems, T): the mean over each problem's samples (its one greedy sample)."""
+        sums = np.zeros((len(self.problems), losses.shape[1]))
+        np.add.at(sums, self.problem_of, losses)
+        return sums / np.bincount(self.problem_of, minlength=len(self.problems))[:, None]
+
+
+def stop_rule_units(ca: CheckpointArrays, p_cal: np.ndarray, mask: np.ndarray,
+                    check_points: tuple[int, ...]) -> StopRuleUnits:
+    """The stop rule's matrices for the checkpoints in ``mask`` (a problem subset), with calibrated confidences
+    ``p_cal`` (one per checkpoint of ``ca``): the greedy sample of each problem when every problem has one, else
+    all its samples; only checkpoints at ``check_points`` (all when empty) and not past the end of thinking."""
+    problems = np.unique(ca.groups[mask])
+    gp = ca.groups[mask]
+    greedy_problems = np.unique(gp[ca.greedy[mask]])
+    use_greedy = len(problems) > 0 and len(greedy_problems) == len(problems)
+    unit = mask & ca.greedy if use_greedy else mask
+    samples = np.unique(ca.sample[unit])
+    row_of = {s: i for i, s in enumerate(samples)}
+    # a checkpoint counts when it is on the schedule and thinking was still open there (at or before its end);
+    # a sample with none never stops early (an all-NaN row)
+    on = unit & (ca.fraction <= 1.0)
+    if check_points:
+        on &= np.isin(ca.position, np.asarray(check_points))
+    on_idx = np.flatnonzero(on)
+    width = max(1, int(np.bincount([row_of[s] for s in ca.sample[on_idx]], minlength=1).max()) if len(on_idx) else 1)
+    C, O, F = (np.full((len(samples), width), np.nan), np.zeros((len(samples), width)),
+               np.ones((len(samples), width)))
+    col = np.zeros(len(samples), dtype=int)
+    for i in on_idx:  # checkpoints are stored in generation order
+        j = row_of[ca.sample[i]]
+        C[j, col[j]], O[j, col[j]], F[j, col[j]] = p_cal[i], ca.y[i], ca.fraction[i]
+        col[j] += 1
+    first_ck = {s: i for i, s in reversed(list(enumerate(ca.sample)))}
+    final = np.array([ca.final_correct[first_ck[s]] for s in samples], dtype=bool)
+    pidx = {p: i for i, p in enumerate(problems)}
+    problem_of = np.array([pidx[ca.groups[first_ck[s]]] for s in samples], dtype=int)
+    return StopRuleUnits(C, O, F, final, problem_of, problems, use_greedy)
 
 
 def bundle_report_entries(bundle_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

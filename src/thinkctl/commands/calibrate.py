@@ -15,10 +15,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest tolerated rate of right answers turned wrong by stopping early")
     p.add_argument("--delta", type=float, default=0.1, help="allowed probability that the guarantee fails")
     p.add_argument("--method", choices=["binomial", "hoeffding-bentkus"], default="binomial")
+    p.add_argument("--check-points", default=None, metavar="B1,B2,...",
+                   help="thinking budgets at which the certified stop rule reads the confidence (default: the "
+                        "controller's doubling schedule 64,128,256,...; give a custom ControllerConfig's "
+                        "check_points here; 'all': every recorded checkpoint)")
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--route-budget", type=float, default=3.0,
                    help="routing table: mean tokens per query at most this many times one greedy answer's")
     p.add_argument("--no-routing", action="store_true", help="do not fit the routing table (routing.json)")
+
+
+def _check_points(text: str) -> tuple[int, ...]:
+    if text.strip().lower() == "all":
+        return ()
+    try:
+        points = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SystemExit(f"--check-points {text!r}: give thinking budgets as integers separated by commas, e.g. "
+                         "64,128,256, or 'all'") from None
+    if not points or any(b <= a for a, b in zip(points, points[1:])) or points[0] < 1:
+        raise SystemExit(f"--check-points {text!r}: give strictly increasing positive budgets, e.g. 64,128,256")
+    return points
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = replace(CalibrationConfig(), epsilon=args.epsilon, delta=args.delta, method=args.method,
                   n_boot=args.n_bootstrap)
+    if args.check_points is not None:
+        cfg = replace(cfg, check_points=_check_points(args.check_points))
     rep = calibrate_bundle(args.bundle, cfg)
     u, c = rep["test_uncalibrated"]["ece"], rep["test_calibrated"]["ece"]
     print(f"calibrator: {rep['calibrator']} (grouped CV Brier on calib: "
@@ -36,12 +55,12 @@ def run(args: argparse.Namespace) -> int:
           f"calibrated {c['value']:.4f} [{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]")
     rc = rep["risk_control"]
     if rc["threshold"] is None:
-        print(f"no early-stopping threshold certified: {rc['reason']}")
+        print(f"no early-stopping threshold certified on {rc['n_calib_problems']} calib problems: {rc['reason']}")
     else:
         es = rep["test_early_stopping"]
         print(f"stop threshold {rc['threshold']:.3f} (epsilon={rc['epsilon']}, delta={rc['delta']}): on test, "
               f"realised risk {es['realised_risk']:.3f}, thinking used {es['thinking_fraction_used_mean']:.2f}, "
-              f"accuracy {es['accuracy_full']:.3f} -> {es['accuracy_stopped']:.3f}")
+              f"accuracy {es['accuracy_full']:.3f} -> {es['accuracy_stopped']:.3f} ({es['n_problems']} problems)")
     from pathlib import Path
 
     if not args.no_routing and (Path(args.bundle) / "difficulty_probe").is_dir():

@@ -278,6 +278,7 @@ class AdaptiveController:
                                  f"{config.max_answer_tokens} + EOS); raise {name}")
         self.hidden_size = model_hidden_size(model)
         self._static_ok = True
+        self._warned_schedule = False
 
     @classmethod
     def load(cls, bundle_dir: Any, model: Any, tokenizer: Any, config: ControllerConfig | None = None,
@@ -618,6 +619,14 @@ class AdaptiveController:
             cap = min(cap, plan[-1] + (cap - tcap)) if plan else cap
         probe_at = plan[:-1] if conf_pred is not None else []  # the last budget is the cap: thinking ends there
         threshold = conf_pred.threshold if conf_pred is not None else None
+        if threshold is not None and conf_pred.certified_at is not None and not self._warned_schedule:
+            outside = sorted(set(probe_at) - set(conf_pred.certified_at))
+            if outside:
+                self._warned_schedule = True
+                logger.warning("the stop threshold %.3f was certified at thinking budgets %s, but this controller also "
+                               "reads its confidence at %s: the Learn-then-Test guarantee does not cover those "
+                               "(recalibrate with `thinkctl calibrate --check-points`)", threshold,
+                               list(conf_pred.certified_at[:6]), outside)
         out = self._run_rows(pre, rows, sample=False, cap=cap, clock=clock, probe_at=probe_at, threshold=threshold,
                              read_end=conf_pred is not None, extra_rules=extra_rules)
         results = []

@@ -54,12 +54,16 @@ class HiddenStatePredictor:
         Maps the probe's logits to calibrated probabilities.
     threshold : float or None
         Decision threshold (the confidence predictor's Learn-then-Test stop threshold); None: never decide.
+    certified_at : tuple of int or None
+        Thinking budgets at which ``threshold`` was certified (``risk_control.json`` ``check_points``); None: not
+        recorded. Reading the confidence elsewhere is outside the guarantee, and the controller warns.
     """
 
     probe: Any
     layer: int
     calibrator: Any = None
     threshold: float | None = None
+    certified_at: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -139,12 +143,15 @@ def load_bundle_predictors(bundle_dir: str | os.PathLike[str], model: Any
                        "`thinkctl calibrate`)", bdir)
     threshold = (meta.get("calibration") or {}).get("stop_threshold")
     risk_path = bdir / "calibration" / "risk_control.json"
-    if threshold is None and risk_path.is_file():
-        threshold = json.loads(risk_path.read_text()).get("threshold")
+    risk = json.loads(risk_path.read_text()) if risk_path.is_file() else {}
+    if threshold is None:
+        threshold = risk.get("threshold")
+    certified_at = tuple(int(b) for b in risk["check_points"]) if risk.get("check_points") else None
     if threshold is None:
         logger.warning("bundle %s has no risk-controlled stop threshold (none met the risk, or not calibrated); "
                        "the controller will not stop early on confidence", bdir)
-    confidence = HiddenStatePredictor(probe, layer, calibrator, None if threshold is None else float(threshold))
+    confidence = HiddenStatePredictor(probe, layer, calibrator, None if threshold is None else float(threshold),
+                                      certified_at)
     difficulty = None
     if (bdir / "difficulty_probe").is_dir():
         dprobe = HiddenStateProbe.load(bdir / "difficulty_probe")

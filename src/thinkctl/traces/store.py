@@ -35,7 +35,8 @@ class CheckpointArrays:
     right; ``groups``: (n_checkpoints,) problem ids (split by these, never by rows); ``position``: thinking tokens
     read; ``fraction``: position over the sample's natural thinking length; ``final_correct``: whether the
     sample's own final answer is right; ``sample``: row index of the sample in :meth:`TraceStore.samples`;
-    ``confidence``: (n_checkpoints, n_stats) token-confidence statistics named by ``confidence_names``.
+    ``confidence``: (n_checkpoints, n_stats) token-confidence statistics named by ``confidence_names``;
+    ``greedy``: whether the checkpoint's sample was decoded greedily.
     """
 
     X: np.ndarray
@@ -47,6 +48,11 @@ class CheckpointArrays:
     sample: np.ndarray
     confidence: np.ndarray
     confidence_names: list[str]
+    greedy: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.greedy is None:
+            self.greedy = np.zeros(len(self.y), dtype=bool)
 
 
 @dataclass
@@ -140,7 +146,7 @@ class TraceStore:
     def checkpoint_arrays(self, layer: int = -1) -> CheckpointArrays:
         """Checkpoint states of one recorded layer with their labels (see :class:`CheckpointArrays`)."""
         pos = self._layer_pos(layer)
-        xs, y, groups, position, fraction, final, sample, conf = [], [], [], [], [], [], [], []
+        xs, y, groups, position, fraction, final, sample, conf, greedy = [], [], [], [], [], [], [], [], []
         names: list[str] = []
         s_index = 0
         for _, rows, tensors in self._shards():
@@ -154,6 +160,7 @@ class TraceStore:
                     fraction.append(ck["position"] / max(1, row["n_thinking"]))
                     final.append(row["correct"])
                     sample.append(s_index)
+                    greedy.append(bool(row.get("greedy", False)))
                     names = sorted(ck["confidence"])
                     conf.append([ck["confidence"][k] for k in names])
                 s_index += 1
@@ -162,7 +169,8 @@ class TraceStore:
             X=np.asarray(xs, dtype=np.float32).reshape(len(xs), hidden), y=np.asarray(y, dtype=bool),
             groups=np.asarray(groups), position=np.asarray(position), fraction=np.asarray(fraction, dtype=float),
             final_correct=np.asarray(final, dtype=bool), sample=np.asarray(sample),
-            confidence=np.asarray(conf, dtype=float).reshape(len(conf), len(names)), confidence_names=names)
+            confidence=np.asarray(conf, dtype=float).reshape(len(conf), len(names)), confidence_names=names,
+            greedy=np.asarray(greedy, dtype=bool))
 
     def sample_arrays(self, layer: int = -1) -> SampleArrays:
         """Prompt states of one recorded layer, one row per sample, with final correctness."""
