@@ -27,6 +27,8 @@ from typing import Any
 __all__ = [
     "load_model",
     "model_id",
+    "model_hidden_size",
+    "model_num_layers",
     "smollm2_path",
     "SMOLLM2_PACKAGE",
     "SMOLLM2_GGUF",
@@ -264,3 +266,28 @@ def model_id(model: Any) -> str:
         if isinstance(name, str) and name:
             return name
     return type(model).__name__
+
+
+def model_hidden_size(model: Any) -> int:
+    """The width of ``model``'s hidden states (``hidden_size``, GPT-2's ``n_embd``, or a multimodal config's text
+    part); a ValueError that says what is needed when the config has none."""
+    cfg = model.config
+    size = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    if size is None and hasattr(cfg, "get_text_config"):
+        size = cfg.get_text_config().hidden_size
+    if size is None:
+        raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config; thinkctl needs a "
+                         "transformers causal LM whose config has hidden_size")
+    return int(size)
+
+
+def model_num_layers(model: Any) -> int:
+    """The number of decoder layers of ``model`` (``num_hidden_layers``, GPT-2's ``n_layer``, or a multimodal
+    config's text part)."""
+    cfg = model.config
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if n is None and hasattr(cfg, "get_text_config"):
+        n = cfg.get_text_config().num_hidden_layers
+    if n is None:
+        raise ValueError(f"cannot read the number of layers of {type(model).__name__} from its config")
+    return int(n)

@@ -12,30 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from thinkctl.models import model_hidden_size, model_num_layers
+
 __all__ = ["HiddenStatePredictor", "load_bundle_predictors", "model_hidden_size", "model_num_layers"]
 
 logger = logging.getLogger(__name__)
-
-
-def model_hidden_size(model: Any) -> int:
-    cfg = model.config
-    size = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
-    if size is None and hasattr(cfg, "get_text_config"):
-        size = cfg.get_text_config().hidden_size
-    if size is None:
-        raise ValueError(f"cannot read the hidden size of {type(model).__name__} from its config; the controller "
-                         "needs a transformers causal LM whose config has hidden_size")
-    return int(size)
-
-
-def model_num_layers(model: Any) -> int:
-    cfg = model.config
-    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    if n is None and hasattr(cfg, "get_text_config"):
-        n = cfg.get_text_config().num_hidden_layers
-    if n is None:
-        raise ValueError(f"cannot read the number of layers of {type(model).__name__} from its config")
-    return int(n)
 
 
 @dataclass(frozen=True)

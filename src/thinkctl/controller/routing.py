@@ -251,7 +251,8 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     problem (``calibration/difficulty.json``); the routes' accuracy and tokens come from the bundle's traces
     (:func:`estimate_routes`); the token budget is ``token_budget_multiple`` times the mean tokens of one greedy
     answer on those problems. With the model's ``tokenizer`` the routes' thinking caps are exactly the controller's
-    (cap minus the forced answer marker, ``max_answer_tokens`` and EOS); without it the marker is taken as 8 tokens.
+    (cap minus the forced answer marker, ``max_answer_tokens`` and EOS); without it the marker is taken as 7 tokens
+    (the embedded model's).
     Writes ``routing.json`` into the bundle and returns the table.
     """
     from thinkctl.calibration.calibrators import make_calibrator

@@ -23,15 +23,11 @@ from thinkctl.distributed.model import ModelSpec
 from thinkctl.distributed.runner import RunStats, ShardRunner
 from thinkctl.tasks import Problem, Task
 from thinkctl.traces import CollectConfig, TraceStore
+from thinkctl.traces.collect import shard_seed, store_header
 
 __all__ = ["CollectWorker", "collect_distributed", "shard_seed"]
 
 logger = logging.getLogger(__name__)
-
-
-def shard_seed(cfg: CollectConfig, shard: int) -> int:
-    """The sampling seed of one shard, as :func:`thinkctl.traces.collect` derives it."""
-    return cfg.seed * 100_003 + shard
 
 
 class CollectWorker:
@@ -49,17 +45,17 @@ class CollectWorker:
     def __init__(self, model: ModelSpec | str, task: Task | str, cfg: CollectConfig) -> None:
         import thinkctl
         from thinkctl.generation import reasoning_format
-        from thinkctl.models import model_id
-        from thinkctl.traces.collect import _n_layers, resolve_layers
+        from thinkctl.models import model_hidden_size, model_id, model_num_layers
+        from thinkctl.traces.collect import resolve_layers
 
         spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
         self.model, self.tokenizer = spec.load()
         self.task = thinkctl.tasks.get(task) if isinstance(task, str) else task
         self.cfg = cfg
         self.fmt = reasoning_format(self.tokenizer)
-        n_layers = _n_layers(self.model)
+        n_layers = model_num_layers(self.model)
         self.layers = resolve_layers(cfg.layers, n_layers)
-        self.stamp = {"name": model_id(self.model), "hidden_size": int(self.model.config.hidden_size),
+        self.stamp = {"name": model_id(self.model), "hidden_size": model_hidden_size(self.model),
                       "num_layers": n_layers}
 
     def describe(self, _: Any = None) -> dict[str, Any]:
@@ -70,11 +66,11 @@ class CollectWorker:
 
     def __call__(self, shard: tuple[int, Sequence[Problem]]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
         """Tensors and rows of one shard ``(index, problems)``, ready for :meth:`TraceStore.write_shard`."""
-        from thinkctl.traces.collect import _collect_shard
+        from thinkctl.traces.collect import collect_shard
 
         index, problems = shard
-        return _collect_shard(self.model, self.tokenizer, self.fmt, self.task, list(problems), self.cfg,
-                              self.layers, seed=shard_seed(self.cfg, index))
+        return collect_shard(self.model, self.tokenizer, self.fmt, self.task, list(problems), self.cfg,
+                             self.layers, seed=shard_seed(self.cfg, index))
 
 
 def collect_distributed(model: ModelSpec | str, task: Task | str, problems: Sequence[Problem], out_dir: str,
@@ -118,8 +114,6 @@ def collect_distributed(model: ModelSpec | str, task: Task | str, problems: Sequ
     >>> store = collect_distributed("embedded", task, task.sample(48, seed=cfg.seed), "runs/traces", cfg,
     ...                             RayConfig("local", num_workers=2))                      # doctest: +SKIP
     """
-    from thinkctl import __version__
-
     require_ray()
     n_shards = math.ceil(len(problems) / cfg.shard_problems)
     chunks = {i: list(problems[i * cfg.shard_problems:(i + 1) * cfg.shard_problems]) for i in range(n_shards)}
@@ -138,10 +132,8 @@ def collect_distributed(model: ModelSpec | str, task: Task | str, problems: Sequ
             raise ValueError(f"the runner's workers collect task {info['task']!r} with {info['collect']}, not task "
                              f"{task_name!r} with {asdict(cfg)}; build the runner from "
                              f"partial(CollectWorker, model, task, cfg) with this task and cfg")
-        store.init({  # the same config a one-process run records, so either kind of run resumes the other
-            "collect": asdict(cfg), "layers_resolved": info["layers_resolved"], "thinkctl_version": __version__,
-            "model": info["model"], "problem_ids": [p.id for p in problems],
-        })
+        # the same config a one-process run records, so either kind of run resumes the other
+        store.init(store_header(cfg, info["layers_resolved"], info["model"], problems))
         todo = [i for i in range(n_shards) if not store.has_shard(i)]
         if len(todo) < n_shards:
             logger.info("resuming %s: %d of %d shards already collected", out_dir, n_shards - len(todo), n_shards)

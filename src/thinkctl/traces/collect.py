@@ -22,10 +22,11 @@ import torch
 
 from thinkctl import __version__
 from thinkctl.generation import (chat_prefix, generate_from_prefixes, reasoning_format, thinking_length)
+from thinkctl.models import model_hidden_size, model_num_layers
 from thinkctl.tasks import Problem, Task
 from thinkctl.traces.store import TraceStore
 
-__all__ = ["CollectConfig", "collect", "token_confidence"]
+__all__ = ["CollectConfig", "collect", "collect_shard", "shard_seed", "store_header", "token_confidence"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +108,17 @@ def _checkpoint_stats(stats: dict[str, torch.Tensor], k: int, window: int) -> di
     }
 
 
-def _n_layers(model: Any) -> int:
-    cfg = model.config
-    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    if n is None and hasattr(cfg, "get_text_config"):
-        n = cfg.get_text_config().num_hidden_layers
-    return int(n)
+def shard_seed(cfg: CollectConfig, shard: int) -> int:
+    """The sampling seed of shard ``shard``: distinct per shard, and the same whichever process collects it."""
+    return cfg.seed * 100_003 + shard
+
+
+def store_header(cfg: CollectConfig, layers: list[int], model_stamp: dict[str, Any],
+                 problems: Sequence[Problem]) -> dict[str, Any]:
+    """The config a store records (and checks on resuming): the collection settings, the resolved layers, the
+    model's ``name`` / ``hidden_size`` / ``num_layers`` and the problem ids, in order."""
+    return {"collect": asdict(cfg), "layers_resolved": list(layers), "thinkctl_version": __version__,
+            "model": dict(model_stamp), "problem_ids": [p.id for p in problems]}
 
 
 @torch.no_grad()
@@ -148,15 +154,11 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
     from tqdm.auto import tqdm
 
     fmt = reasoning_format(tokenizer)
-    n_layers = _n_layers(model)
+    n_layers = model_num_layers(model)
     layers = resolve_layers(cfg.layers, n_layers)
-    hidden = int(model.config.hidden_size)
     store = TraceStore(out_dir)
-    store.init({
-        "collect": asdict(cfg), "layers_resolved": layers, "thinkctl_version": __version__,
-        "model": {"name": model_name, "hidden_size": hidden, "num_layers": n_layers},
-        "problem_ids": [p.id for p in problems],
-    })
+    store.init(store_header(cfg, layers, {"name": model_name, "hidden_size": model_hidden_size(model),
+                                          "num_layers": n_layers}, problems))
     n_shards = math.ceil(len(problems) / cfg.shard_problems)
     todo = [i for i in range(n_shards) if not store.has_shard(i)]
     if len(todo) < n_shards:
@@ -165,15 +167,17 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
                desc=f"collect {task.name}", unit="problem")
     for shard in todo:
         chunk = list(problems[shard * cfg.shard_problems:(shard + 1) * cfg.shard_problems])
-        tensors, rows = _collect_shard(model, tokenizer, fmt, task, chunk, cfg, layers, seed=cfg.seed * 100_003 + shard)
+        tensors, rows = collect_shard(model, tokenizer, fmt, task, chunk, cfg, layers, seed=shard_seed(cfg, shard))
         store.write_shard(shard, tensors, rows)
         bar.update(len(chunk))
     bar.close()
     return store
 
 
-def _collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: list[Problem], cfg: CollectConfig,
-                   layers: list[int], seed: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: list[Problem], cfg: CollectConfig,
+                  layers: list[int], seed: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The tensors and rows of one shard of ``problems`` (``fmt``: the model's reasoning format; ``seed``: the
+    shard's sampling seed, :func:`shard_seed`), ready for :meth:`TraceStore.write_shard`."""
     gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size)
     prefixes = [chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix) for p in problems]
     greedy = generate_from_prefixes(model, prefixes, max_new_tokens=cfg.max_new_tokens, **gen_kw)
