@@ -214,3 +214,11 @@ def test_smollm2_loads_and_generates(clean_offline_env: None) -> None:
     assert 1 <= len(new) <= 5
     text = tokenizer.decode(new, skip_special_tokens=True)
     assert text.strip(), f"empty generation after {load_s:.0f} s of loading"
+
+
+def test_load_model_refuses_a_device_it_cannot_use():
+    with pytest.raises(ValueError, match="not a torch device"):
+        load_model("embedded", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            load_model("embedded", device="cuda")

@@ -227,7 +227,16 @@ def load_model(spec: str | os.PathLike[str], *, dtype: Any = None, device: Any =
 
 def _finish(model: Any, tokenizer: Any, *, ident: str, device: Any) -> tuple[Any, Any]:
     """Eval mode, device, left padding, a pad token, and the model's identifier."""
-    model.to(device)
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu' "
+                         "or a CUDA build of torch on a machine with a GPU")
+    model.to(dev)
     model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 from transformers import PreTrainedTokenizerFast
@@ -30,18 +31,19 @@ def test_command_is_discovered():
 
 def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     model = make("llama", pad_is_eos, seed=5)
-    monkeypatch.setattr(thinkctl, "load_model", lambda spec: (model, pad_is_eos), raising=False)
+    monkeypatch.setattr(thinkctl, "load_model", lambda spec, device="cpu": (model, pad_is_eos), raising=False)
     out = tmp_path / "bench" / "overhead.json"
     rc = main(["bench-overhead", "--model", "tiny", "--json", str(out), "--batch-size", "3",
                "--max-new-tokens", "8", "--repeats", "2"])
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["ratio"] == pytest.approx(data["hooked_s"] / data["plain_s"])
-    assert len(data["plain_runs_s"]) == len(data["hooked_runs_s"]) == 2
+    assert len(data["plain_runs_s"]) == len(data["hooked_runs_s"]) == len(data["floor_runs_s"]) == 2
     assert data["same_tokens"] is True
-    assert data["decoding_steps"] == {"plain": [8], "hooked": [8]} == {k: [data["generated_tokens_per_row"]]
-                                                                       for k in ("plain", "hooked")}
-    assert data["order"] == "ABBA" and data["warmup_runs"] >= 1
+    assert data["decoding_steps"] == {"plain": [8], "hooked": [8], "floor": [8]}
+    assert data["generated_tokens_per_row"] == 8
+    assert data["order"].startswith("ABC CBA") and data["warmup_runs"] >= 1
+    assert data["floor_ratio"] == pytest.approx(statistics.median(data["floor_runs_s"]) / data["plain_s"])
     assert data["in_hook_fraction"] == pytest.approx(
         (data["processor_s_per_step"] + data["tap_hook_s_per_step"]) / data["plain_s_per_step"])
     assert data["probes_per_row"] == [7, 7, 7]  # every token after the first (probing every token)

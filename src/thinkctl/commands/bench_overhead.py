@@ -46,6 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of each variant, interleaved ABBA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch decides)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, the probe's weights and torch")
+    parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cpu or cuda")
+
+
+def _noop_hook(module: Any, args: Any, output: Any) -> None:
+    return None
+
+
+class _PassThrough:
+    """A logits processor that changes nothing: the floor cost of having one."""
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        return scores
 
 
 def benchmark_prompts(n: int, seed: int) -> list[str]:
@@ -99,6 +111,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
 
     from thinkctl import __version__
     from thinkctl.stopping import BudgetForcing, HiddenStateTap, ProbeStopping, build_inputs
+    from thinkctl.stopping.tap import find_decoder_layers
 
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("repeats", repeats)):
         if value < 1:
@@ -136,9 +149,20 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         def hooked() -> torch.Tensor:
             return model.generate(**inputs, logits_processor=LogitsProcessorList([bf]), **gen_kwargs)
 
+        # the floor: what any logits processor and any forward hook cost inside transformers' generate loop (a
+        # pass-through processor and a hook that does nothing, on the module the tap hooks)
+        floor_module = find_decoder_layers(model)[1][-1]  # the tap's layer=-1
+
+        def floor() -> torch.Tensor:
+            handle = floor_module.register_forward_hook(_noop_hook)
+            try:
+                return model.generate(**inputs, logits_processor=LogitsProcessorList([_PassThrough()]), **gen_kwargs)
+            finally:
+                handle.remove()
+
         def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float, torch.Tensor]:
-            if fn is plain:
-                tap.remove()  # no hooks at all on the model
+            if fn is not hooked:
+                tap.remove()  # no thinkctl hooks on the model
             else:
                 tap.attach()
                 bf.reset()
@@ -159,20 +183,21 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         for _ in range(WARMUP_RUNS):
             _, _, reference = timed(plain)
             timed(hooked)
-        plain_runs: list[float] = []
-        hooked_runs: list[float] = []
-        plain_cpu: list[float] = []
-        hooked_cpu: list[float] = []
+            timed(floor)
+        variants = {"plain": plain, "hooked": hooked, "floor": floor}
+        walls: dict[str, list[float]] = {name: [] for name in variants}
+        cpus: dict[str, list[float]] = {name: [] for name in variants}
         same = True
-        steps: dict[str, set[int]] = {"plain": set(), "hooked": set()}
+        steps: dict[str, set[int]] = {name: set() for name in variants}
         for i in range(repeats):
-            order = (("plain", plain), ("hooked", hooked)) if i % 2 == 0 else (("hooked", hooked), ("plain", plain))
-            for name, fn in order:  # ABBA: plain first in even repeats, hooked first in odd ones
-                wall, cpu, out = timed(fn)
-                (plain_runs if name == "plain" else hooked_runs).append(wall)
-                (plain_cpu if name == "plain" else hooked_cpu).append(cpu)
+            names = list(variants) if i % 2 == 0 else list(variants)[::-1]  # ABC CBA: each variant leads in turn
+            for name in names:
+                wall, cpu, out = timed(variants[name])
+                walls[name].append(wall)
+                cpus[name].append(cpu)
                 steps[name].add(int(out.shape[1] - prompt_len))
                 same = same and out.shape == reference.shape and bool(torch.equal(out, reference))
+        plain_runs, hooked_runs, floor_runs = walls["plain"], walls["hooked"], walls["floor"]
         probes = probe.probes.tolist()
 
         # time spent inside the logits processor (BudgetForcing driving ProbeStopping), per decoding step
@@ -245,7 +270,9 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "hooked_s": hooked_s,
         "target_ratio": TARGET_RATIO,
         "pair_ratio_median": statistics.median(h / p for h, p in zip(hooked_runs, plain_runs)),
-        "cpu_ratio": statistics.median(hooked_cpu) / statistics.median(plain_cpu),
+        "cpu_ratio": statistics.median(cpus["hooked"]) / statistics.median(cpus["plain"]),
+        "floor_ratio": statistics.median(floor_runs) / plain_s,
+        "floor_pair_ratio_median": statistics.median(f / p for f, p in zip(floor_runs, plain_runs)),
         "processor_s_per_step": processor_s,
         "tap_hook_s_per_step": tap_hook_s,
         "plain_s_per_step": plain_step,
@@ -253,12 +280,13 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "in_hook_fraction": (processor_s + tap_hook_s) / plain_step,
         "plain_runs_s": plain_runs,
         "hooked_runs_s": hooked_runs,
-        "plain_cpu_s": plain_cpu,
-        "hooked_cpu_s": hooked_cpu,
+        "floor_runs_s": floor_runs,
+        "plain_cpu_s": cpus["plain"],
+        "hooked_cpu_s": cpus["hooked"],
         "same_tokens": same,
         "decoding_steps": {name: sorted(v) for name, v in steps.items()},
         "warmup_runs": WARMUP_RUNS,
-        "order": "ABBA",
+        "order": "ABC CBA (plain, hooked, floor)",
         "batch_size": batch_size,
         "prompt_tokens": int(prompt_len),
         "generated_tokens_per_row": generated,
@@ -285,16 +313,17 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads={args.threads} must be at least 1")
         torch.set_num_threads(args.threads)
-    model, tokenizer = thinkctl.load_model(args.model)
+    model, tokenizer = thinkctl.load_model(args.model, device=args.device)
     model.eval()
     result = measure_overhead(model, tokenizer, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                               repeats=args.repeats, seed=args.seed)
     result["config"] = {"model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                        "repeats": args.repeats, "threads": args.threads, "seed": args.seed}
+                        "repeats": args.repeats, "threads": args.threads, "seed": args.seed, "device": args.device}
     path = write_json(args.json, result)
     verdict = "within" if result["ratio"] <= TARGET_RATIO else "above"
     print(f"hooked/plain = {result['ratio']:.3f} ({verdict} target {TARGET_RATIO}); "
           f"time inside hooks = {100 * result['in_hook_fraction']:.1f}% of a plain step; "
+          f"a pass-through processor and an empty hook alone (the floor) = {result['floor_ratio']:.3f}; "
           f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
           f"same tokens: {result['same_tokens']} ({result['generated_tokens_per_row']} steps); wrote {path}")
     return 0
