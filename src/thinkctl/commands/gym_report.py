@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--prompt-style", choices=["auto", "native", "instruct"], default="auto",
                    help="'instruct' adds an answer-format instruction for models not trained on the tasks")
+    p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cpu or cuda")
     p.add_argument("--json", required=True, metavar="OUT", help="write the report here")
     add_progress_argument(p)
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                   temperature=args.temperature, max_new_tokens=max_new, batch_size=args.batch_size,
                   prompt_style=style, vote_levels=args.vote_levels)
     t0 = time.time()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=args.device)
     report = gym_report(model, tokenizer, cfg, model_name=args.model, progress=not args.no_progress)
     report["wall_seconds"] = round(time.time() - t0, 1)
     write_json(args.json, report)

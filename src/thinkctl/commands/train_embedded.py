@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from a finished checkpoint (second stage; use a new --seed for fresh problems)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig.lr)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: TrainConfig.warmup_steps)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to train on (cpu, cuda, ...); the 60-minute budget and the committed "
+                        "checkpoint are CPU runs (numerics differ slightly across devices)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
     add_progress_argument(p)
 
@@ -46,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, lr=args.lr)
     if args.minutes is not None:
         cfg = replace(cfg, max_minutes=args.minutes)
-    out = train(args.out, cfg, progress=not args.no_progress)
+    out = train(args.out, cfg, progress=not args.no_progress, device=args.device)
     print(f"wrote {out}")
     return 0

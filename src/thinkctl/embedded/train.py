@@ -194,9 +194,18 @@ def make_batch(ids: list[np.ndarray], masks: list[np.ndarray], index: np.ndarray
 # -- 5. training loop ------------------------------------------------------------------------------------
 
 def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
-          progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> Path:
-    """Train the embedded model into ``out_dir`` and return it. Resumes from ``out_dir/resume`` if present."""
+          progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+          device: str | torch.device = "cpu") -> Path:
+    """Train the embedded model into ``out_dir`` and return it. Resumes from ``out_dir/resume`` if present.
+
+    ``device``: where to train (the data is built on the CPU either way). The reference checkpoint and the
+    time budget are CPU runs; another device gives a statistically similar but not bit-identical model.
+    """
     from tqdm.auto import tqdm
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this torch sees no CUDA GPU; train on device='cpu'")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +234,7 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from, local_files_only=True)
     else:
         model = make_model(cfg, tokenizer)
+    model.to(dev)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -232,7 +242,7 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     step, history = 0, []
     if (resume / "state.pt").exists():
-        state = torch.load(resume / "state.pt", weights_only=True)
+        state = torch.load(resume / "state.pt", weights_only=True, map_location=dev)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
@@ -263,7 +273,7 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
             g["lr"] = lr_at(step, cfg)
         # Right padding under a causal mask never influences the real tokens, so no attention mask is passed:
         # that keeps attention on the fast fused path (several times faster on CPU than a padded mask).
-        loss = model(input_ids=x, labels=lab).loss
+        loss = model(input_ids=x.to(dev), labels=lab.to(dev)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -284,6 +294,7 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
     bar.close()
 
     model.eval()
+    model.to("cpu")  # saved weights are device-free
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
