@@ -142,12 +142,18 @@ def generate_from_prefixes(model: Any, prefixes: Sequence[Sequence[int]], *, pad
 
 _STATIC_UNSUPPORTED: set[str] = set()
 
+#: transformers compiles the forward pass of a generation with a static cache on CUDA unless told not to. thinkctl
+#: does not let it: every batch has another left-padded width (a recompilation each time), and a compiled forward
+#: does not reliably run the Python forward hooks that :class:`~thinkctl.stopping.HiddenStateTap` relies on.
+NO_AUTO_COMPILE = {"disable_compile": True}
+
 
 def _generate(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: str | None, kwargs: dict[str, Any]) -> Any:
     kind = type(model).__name__
     if cache is not None and kind not in _STATIC_UNSUPPORTED:
         try:
-            return model.generate(input_ids=ids, attention_mask=mask, cache_implementation=cache, **kwargs)
+            return model.generate(input_ids=ids, attention_mask=mask, cache_implementation=cache, **NO_AUTO_COMPILE,
+                                  **kwargs)
         except (ValueError, TypeError, NotImplementedError, AttributeError) as exc:
             logger.info("%s does not support cache_implementation=%r (%s); using the default cache", kind, cache, exc)
             _STATIC_UNSUPPORTED.add(kind)

@@ -34,7 +34,7 @@ from thinkctl.controller.predictors import (HiddenStatePredictor, load_bundle_pr
                                             model_num_layers)
 from thinkctl.controller.routing import Route, RoutingTable
 from thinkctl.eval.voting import MajorityStabilityStopping, VoteTally
-from thinkctl.generation import ReasoningFormat, chat_prefix, reasoning_format
+from thinkctl.generation import NO_AUTO_COMPILE, ReasoningFormat, chat_prefix, reasoning_format
 from thinkctl.stopping import BudgetForcing, DeadlineStopping, HiddenStateTap, ProbeStopping, think_markers
 from thinkctl.stopping.rules import StopRule
 from thinkctl.stopping.tap import FINAL_NORM
@@ -505,6 +505,7 @@ class AdaptiveController:
         if drop_rule is not None:
             kw["output_scores"] = True
         kw[_CACHE_KW] = cache
+        kw.update(NO_AUTO_COMPILE)
         try:
             if tap is not None:
                 tap.attach()
