@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu",
                    help="torch device to train on (cpu, cuda, ...); the 60-minute budget and the committed "
                         "checkpoint are CPU runs (numerics differ slightly across devices)")
+    p.add_argument("--p-check", type=float, default=None,
+                   help="share of clean training traces that re-check their work after \"Wait\" "
+                        "(default: TraceStyle.p_check)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
     add_progress_argument(p)
 
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, lr=args.lr)
     if args.minutes is not None:
         cfg = replace(cfg, max_minutes=args.minutes)
+    if args.p_check is not None:
+        cfg = replace(cfg, style=replace(cfg.style, p_check=args.p_check))
     out = train(args.out, cfg, progress=not args.no_progress, device=args.device)
     print(f"wrote {out}")
     return 0
