@@ -81,3 +81,17 @@ def test_second_stage_continues_from_a_checkpoint(tmp_path):
     m2, t2 = load_embedded(second)
     assert t1.get_vocab() == t2.get_vocab()  # same tokenizer, not a retrained one
     assert not torch.equal(m1.model.embed_tokens.weight, m2.model.embed_tokens.weight)  # it did train further
+
+
+def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
+    import json
+
+    from thinkctl.cli import main
+
+    rc = main(["train-embedded", "--tiny", "--out", str(tmp_path / "m"), "--p-check", "0.9", "--steps", "2",
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "m" / "thinkctl_embedded.json").read_text())["config"]
+    assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2
+    assert main(["train-embedded", "--tiny", "--out", str(tmp_path / "bad"), "--p-check", "1.5"]) == 2
+    assert "p_check=1.5 must be a probability" in capsys.readouterr().err
