@@ -29,6 +29,7 @@ __all__ = [
     "model_id",
     "model_hidden_size",
     "model_num_layers",
+    "resolve_device",
     "smollm2_path",
     "SMOLLM2_PACKAGE",
     "SMOLLM2_GGUF",
@@ -227,16 +228,7 @@ def load_model(spec: str | os.PathLike[str], *, dtype: Any = None, device: Any =
 
 def _finish(model: Any, tokenizer: Any, *, ident: str, device: Any) -> tuple[Any, Any]:
     """Eval mode, device, left padding, a pad token, and the model's identifier."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu' "
-                         "or a CUDA build of torch on a machine with a GPU")
-    model.to(dev)
+    model.to(resolve_device(device))
     model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -275,6 +267,21 @@ def model_id(model: Any) -> str:
         if isinstance(name, str) and name:
             return name
     return type(model).__name__
+
+
+def resolve_device(device: Any) -> Any:
+    """``device`` as a ``torch.device``; a ValueError that says what to use when it is malformed or names a CUDA GPU
+    this torch cannot see."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu' "
+                         "or a CUDA build of torch on a machine with a GPU")
+    return dev
 
 
 def model_hidden_size(model: Any) -> int:

@@ -16,6 +16,32 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                         help="'embedded', 'smollm2', a local transformers directory, or a .gguf file")
 
 
+def add_device_argument(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cpu or cuda" + note)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--ray ADDRESS`` and ``--ray-workers N``; ``unit`` names what is sharded over the actors."""
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help=f"shard {unit} over Ray actors: 'local' (start a local instance), 'auto' (join the "
+                             "running cluster) or a cluster address; needs pip install 'thinkctl[distributed]'")
+    parser.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                        help="Ray actors (model replicas); default: one per GPU, else one per CPU")
+
+
+def ray_config(args: argparse.Namespace) -> Any:
+    """The :class:`~thinkctl.distributed.RayConfig` of ``--ray`` / ``--ray-workers``, or None without ``--ray``.
+    Checked before any work: ``--ray-workers`` alone, or ``--ray`` without ray installed, is a one-line error."""
+    if args.ray is None:
+        if args.ray_workers is not None:
+            raise ValueError(f"--ray-workers={args.ray_workers} needs --ray ADDRESS ('local', 'auto' or an address)")
+        return None
+    from thinkctl.distributed import RayConfig, require_ray
+
+    require_ray()
+    return RayConfig(address=args.ray, num_workers=args.ray_workers, quiet=not getattr(args, "verbose", False))
+
+
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

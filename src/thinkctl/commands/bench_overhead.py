@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from thinkctl.commands._common import add_model_argument, write_json
+from thinkctl.commands._common import add_device_argument, add_model_argument, write_json
 
 NAME = "bench-overhead"
 HELP = "time generate with stopping hooks (budget forcing, hidden-state tap, probe) against plain generate"
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of each variant, interleaved ABBA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch decides)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, the probe's weights and torch")
-    parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cpu or cuda")
+    add_device_argument(parser)
 
 
 def _noop_hook(module: Any, args: Any, output: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from thinkctl.commands._common import add_model_argument, add_progress_argument
+from thinkctl.commands._common import add_model_argument, add_progress_argument, add_ray_arguments, ray_config
 
 NAME = "collect"
 HELP = "collect traces (hidden states, forced answers, token confidence) of a model on a task"
@@ -33,11 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-problems", type=int, default=24, help="problems per committed shard")
     p.add_argument("--instruct", action="store_true",
                    help="add an answer-format instruction (for instruct models not trained on the task)")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="shard over Ray actors: 'local' (start a local instance), 'auto' (join the running "
-                        "cluster) or a cluster address; needs pip install 'thinkctl[distributed]'")
-    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
-                   help="Ray actors (model replicas); default: one per GPU, else one per CPU")
+    add_ray_arguments(p, "the problems")
     add_progress_argument(p)
 
 
@@ -53,16 +49,12 @@ def run(args: argparse.Namespace) -> int:
                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                   shard_problems=args.shard_problems,
                   prompt_suffix=INSTRUCT_SUFFIX if args.instruct else "")
-    if args.ray is None and args.ray_workers is not None:
-        raise ValueError(f"--ray-workers={args.ray_workers} needs --ray ADDRESS ('local', 'auto' or an address)")
+    ray_cfg = ray_config(args)
     task = thinkctl.tasks.get(args.task)
     problems = task.sample(args.n, seed=args.seed, level=args.level)
-    if args.ray is not None:
-        from thinkctl.distributed import ModelSpec, RayConfig, collect_distributed, require_ray
+    if ray_cfg is not None:
+        from thinkctl.distributed import ModelSpec, collect_distributed
 
-        require_ray()
-        ray_cfg = RayConfig(address=args.ray, num_workers=args.ray_workers,
-                            quiet=not getattr(args, "verbose", False))
         store = collect_distributed(ModelSpec(args.model), task, problems, args.out, cfg, ray_cfg,
                                     progress=not args.no_progress)
     else:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from thinkctl.commands._common import add_model_argument, add_progress_argument, write_json
+from thinkctl.commands._common import (add_model_argument, add_progress_argument, add_ray_arguments, ray_config,
+                                      write_json)
 
 NAME = "evaluate"
 HELP = "the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor) on a task -> results JSON"
@@ -42,11 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-rows", action="store_true", help="keep each decision trace in the JSONL rows")
     p.add_argument("--block", type=int, default=64, help="problems per strategy call (one resumable block; "
                                                           "one Ray shard)")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="shard blocks over Ray actors: 'local' (start a local instance), 'auto' (join the running "
-                        "cluster) or a cluster address; needs pip install 'thinkctl[distributed]'")
-    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
-                   help="Ray actors (model replicas); default: one per GPU, else one per CPU")
+    add_ray_arguments(p, "blocks")
     add_progress_argument(p)
 
 
@@ -60,14 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.controller import AdaptiveController, ControllerConfig
     from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, pareto_plot, summarize
 
-    if args.ray is None and args.ray_workers is not None:
-        raise ValueError(f"--ray-workers={args.ray_workers} needs --ray ADDRESS ('local', 'auto' or an address)")
     if args.block < 1:
         raise ValueError(f"--block={args.block} must be at least 1")
-    if args.ray is not None:
-        from thinkctl.distributed import require_ray
-
-        require_ray()  # before any work: the one-line error naming the extra
+    ray_cfg = ray_config(args)
     if args.n < 1:
         raise ValueError(f"--n={args.n} must be at least 1")
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -84,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, token_cap=args.token_cap, easy_cap=min(cfg.easy_cap, args.token_cap))
     out = Path(args.json)
     rows_path = Path(args.rows) if args.rows else out.with_suffix(".rows.jsonl")
-    if args.ray is not None:
-        from thinkctl.distributed import ModelSpec, RayConfig, evaluate_distributed
+    if ray_cfg is not None:
+        from thinkctl.distributed import ModelSpec, evaluate_distributed
 
-        ray_cfg = RayConfig(address=args.ray, num_workers=args.ray_workers, quiet=not getattr(args, "verbose", False))
         info: dict = {}
         rows = evaluate_distributed(ModelSpec(args.model), task, problems, strategies, config=cfg,
                                     bundle=args.bundle, rows_path=rows_path, block=args.block,

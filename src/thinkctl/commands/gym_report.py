@@ -6,7 +6,7 @@ import argparse
 import time
 from dataclasses import replace
 
-from thinkctl.commands._common import add_model_argument, add_progress_argument, write_json
+from thinkctl.commands._common import add_device_argument, add_model_argument, add_progress_argument, write_json
 
 NAME = "gym-report"
 HELP = "measure greedy/vote/forced-budget/'Wait' behaviour of a model on the built-in tasks"
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--prompt-style", choices=["auto", "native", "instruct"], default="auto",
                    help="'instruct' adds an answer-format instruction for models not trained on the tasks")
-    p.add_argument("--device", default="cpu", help="torch device of the model, e.g. cpu or cuda")
+    add_device_argument(p)
     p.add_argument("--json", required=True, metavar="OUT", help="write the report here")
     add_progress_argument(p)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from thinkctl.commands._common import add_progress_argument
+from thinkctl.commands._common import add_device_argument, add_progress_argument
 
 NAME = "train-embedded"
 HELP = "train the small embedded reasoning model on the built-in tasks (CPU, under an hour)"
@@ -22,9 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from a finished checkpoint (second stage; use a new --seed for fresh problems)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig.lr)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: TrainConfig.warmup_steps)")
-    p.add_argument("--device", default="cpu",
-                   help="torch device to train on (cpu, cuda, ...); the 60-minute budget and the committed "
-                        "checkpoint are CPU runs (numerics differ slightly across devices)")
+    add_device_argument(p, "; the 60-minute budget and the committed checkpoint are CPU runs (numerics differ "
+                           "slightly across devices)")
     p.add_argument("--p-check", type=float, default=None,
                    help="share of clean training traces that re-check their work after \"Wait\" "
                         "(default: TraceStyle.p_check)")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from thinkctl.distributed.cluster import RayConfig, require_ray
-from thinkctl.distributed.model import ModelSpec
+from thinkctl.distributed.model import ModelSpec, load_on_worker
 from thinkctl.distributed.runner import RunStats, ShardRunner
 from thinkctl.tasks import Problem, Task
 from thinkctl.traces import CollectConfig, TraceStore
@@ -43,14 +43,11 @@ class CollectWorker:
     """
 
     def __init__(self, model: ModelSpec | str, task: Task | str, cfg: CollectConfig) -> None:
-        import thinkctl
         from thinkctl.generation import reasoning_format
         from thinkctl.models import model_hidden_size, model_id, model_num_layers
         from thinkctl.traces.collect import resolve_layers
 
-        spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
-        self.model, self.tokenizer = spec.load()
-        self.task = thinkctl.tasks.get(task) if isinstance(task, str) else task
+        self.model, self.tokenizer, self.task = load_on_worker(model, task)
         self.cfg = cfg
         self.fmt = reasoning_format(self.tokenizer)
         n_layers = model_num_layers(self.model)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from thinkctl.distributed.cluster import RayConfig, require_ray
-from thinkctl.distributed.model import ModelSpec
+from thinkctl.distributed.model import ModelSpec, load_on_worker
 from thinkctl.distributed.runner import RunStats, ShardRunner
 
 __all__ = ["EvaluateWorker", "evaluate_distributed"]
@@ -47,12 +47,9 @@ class EvaluateWorker:
 
     def __init__(self, model: ModelSpec | str, task: Any, config: Any, bundle: str | None = None,
                  record_trace: bool = False) -> None:
-        import thinkctl
         from thinkctl.controller import AdaptiveController
 
-        spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
-        loaded, tokenizer = spec.load()
-        self.task = thinkctl.tasks.get(task) if isinstance(task, str) else task
+        loaded, tokenizer, self.task = load_on_worker(model, task)
         self.config = config
         self.bundle = None if bundle is None else os.fspath(bundle)
         self.record_trace = record_trace

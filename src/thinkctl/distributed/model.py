@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelSpec", "worker_device"]
+__all__ = ["ModelSpec", "worker_device", "load_on_worker"]
 
 #: ``ModelSpec.device`` value meaning "the GPU Ray gave this actor, else the CPU".
 AUTO_DEVICE = "auto"
@@ -66,3 +66,13 @@ class ModelSpec:
 
         device = worker_device() if self.device == AUTO_DEVICE else self.device
         return load_model(os.fspath(self.spec), dtype=self.dtype, device=device)
+
+
+def load_on_worker(model: "ModelSpec | str", task: Any) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, task)`` where a worker runs: the model from its :class:`ModelSpec` (or spec string), the
+    task from the registry when it comes by name."""
+    import thinkctl
+
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
+    loaded, tokenizer = spec.load()
+    return loaded, tokenizer, thinkctl.tasks.get(task) if isinstance(task, str) else task

@@ -203,9 +203,9 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
     """
     from tqdm.auto import tqdm
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this torch sees no CUDA GPU; train on device='cpu'")
+    from thinkctl.models import resolve_device
+
+    dev = resolve_device(device)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
