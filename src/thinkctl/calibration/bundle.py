@@ -225,30 +225,26 @@ def stop_rule_units(ca: CheckpointArrays, p_cal: np.ndarray, mask: np.ndarray,
     ``p_cal`` (one per checkpoint of ``ca``): the greedy sample of each problem when every problem has one, else
     all its samples; only checkpoints at ``check_points`` (all when empty) and not past the end of thinking."""
     problems = np.unique(ca.groups[mask])
-    gp = ca.groups[mask]
-    greedy_problems = np.unique(gp[ca.greedy[mask]])
-    use_greedy = len(problems) > 0 and len(greedy_problems) == len(problems)
+    use_greedy = len(problems) > 0 and len(np.unique(ca.groups[mask & ca.greedy])) == len(problems)
     unit = mask & ca.greedy if use_greedy else mask
-    samples = np.unique(ca.sample[unit])
-    row_of = {s: i for i, s in enumerate(samples)}
+    idx = np.flatnonzero(unit)
+    samples, first = np.unique(ca.sample[idx], return_index=True)
+    first = idx[first]  # each sample's first checkpoint: its final correctness and problem
     # a checkpoint counts when it is on the schedule and thinking was still open there (at or before its end);
     # a sample with none never stops early (an all-NaN row)
     on = unit & (ca.fraction <= 1.0)
     if check_points:
         on &= np.isin(ca.position, np.asarray(check_points))
-    on_idx = np.flatnonzero(on)
-    width = max(1, int(np.bincount([row_of[s] for s in ca.sample[on_idx]], minlength=1).max()) if len(on_idx) else 1)
-    C, O, F = (np.full((len(samples), width), np.nan), np.zeros((len(samples), width)),
-               np.ones((len(samples), width)))
-    col = np.zeros(len(samples), dtype=int)
-    for i in on_idx:  # checkpoints are stored in generation order
-        j = row_of[ca.sample[i]]
-        C[j, col[j]], O[j, col[j]], F[j, col[j]] = p_cal[i], ca.y[i], ca.fraction[i]
-        col[j] += 1
-    first_ck = {s: i for i, s in reversed(list(enumerate(ca.sample)))}
-    final = np.array([ca.final_correct[first_ck[s]] for s in samples], dtype=bool)
-    pidx = {p: i for i, p in enumerate(problems)}
-    problem_of = np.array([pidx[ca.groups[first_ck[s]]] for s in samples], dtype=int)
+    conf, ids = checkpoint_matrix(ca.sample[on], p_cal[on]) if on.any() else (np.full((0, 1), np.nan), samples[:0])
+    C = np.full((len(samples), conf.shape[1]), np.nan)
+    O, F = np.zeros_like(C), np.ones_like(C)
+    if len(ids):
+        rows = np.searchsorted(samples, ids)
+        C[rows] = conf
+        O[rows] = checkpoint_matrix(ca.sample[on], ca.y[on].astype(float), fill=0.0)[0]
+        F[rows] = checkpoint_matrix(ca.sample[on], ca.fraction[on], fill=1.0)[0]
+    final = ca.final_correct[first].astype(bool)
+    problem_of = np.searchsorted(problems, ca.groups[first])  # problems is sorted (np.unique)
     return StopRuleUnits(C, O, F, final, problem_of, problems, use_greedy)
 
 
