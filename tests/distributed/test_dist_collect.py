@@ -19,6 +19,7 @@ pytest.importorskip("ray", reason="ray is not installed (pip install 'thinkctl[d
 import thinkctl  # noqa: E402
 from thinkctl.distributed import CollectWorker, RayConfig, ShardRunner, collect_distributed  # noqa: E402
 from thinkctl.traces import CollectConfig, TraceStore, collect  # noqa: E402
+from dist_helpers import one_torch_thread  # noqa: E402
 
 # 8 problems in 4 shards of 2, one greedy and one sampled generation each, short generations
 CFG = CollectConfig(task="arith", n_problems=8, seed=2000, samples=2, every=8, max_new_tokens=48, batch_size=8,
@@ -31,16 +32,10 @@ PROBLEMS = TASK.sample(CFG.n_problems, seed=CFG.seed)
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The one-process store, collected with one torch thread like each CPU actor."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         model, tokenizer = thinkctl.load_model("embedded")
         return collect(model, tokenizer, TASK, PROBLEMS, str(tmp_path_factory.mktemp("ref") / "s"), CFG,
                        model_name=thinkctl.models.model_id(model), progress=False)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 
 import thinkctl
 from thinkctl.controller import ControllerConfig
+from dist_helpers import one_torch_thread
 
 # 6 problems in blocks of 3: 2 blocks per strategy, 6 shards; one greedy, one sampled and the adaptive strategy
 TASK = thinkctl.tasks.get("arith")
@@ -35,20 +36,14 @@ def _as_set(rows: list[dict]) -> set[str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The single-process rows, with one torch thread like each CPU actor."""
-    import torch
-
     from thinkctl.controller import AdaptiveController
     from thinkctl.eval.evaluate import evaluate
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         model, tokenizer = thinkctl.load_model("embedded")
         controller = AdaptiveController(model, tokenizer, config=CFG, task=TASK)
         path = tmp_path_factory.mktemp("ref") / "rows.jsonl"
         rows = evaluate(controller, TASK, PROBLEMS, STRATEGIES, rows_path=path, block=BLOCK)
-    finally:
-        torch.set_num_threads(threads)
     assert len(rows) == len(PROBLEMS) * len(STRATEGIES)
     assert _rows(path) == rows
     return rows
