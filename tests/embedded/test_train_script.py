@@ -89,9 +89,9 @@ def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
     from thinkctl.cli import main
 
     rc = main(["train-embedded", "--tiny", "--out", str(tmp_path / "m"), "--p-check", "0.9", "--steps", "2",
-               "--device", "cpu", "--no-progress"])
+               "--batch-size", "4", "--device", "cpu", "--no-progress"])
     assert rc == 0
     cfg = json.loads((tmp_path / "m" / "thinkctl_embedded.json").read_text())["config"]
-    assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2
+    assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2 and cfg["batch_size"] == 4
     assert main(["train-embedded", "--tiny", "--out", str(tmp_path / "bad"), "--p-check", "1.5"]) == 2
     assert "p_check=1.5 must be a probability" in capsys.readouterr().err

@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder to write (resumes if it holds a partial run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainConfig.steps)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples per optimizer step (default: TrainConfig.batch_size)")
     p.add_argument("--problems", type=int, default=None, help="training problems (default: TrainConfig.n_problems)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock cap (default: TrainConfig.max_minutes)")
     p.add_argument("--init-from", default=None, metavar="DIR",
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                                        num_attention_heads=2))
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
+    if args.batch_size is not None:
+        cfg = replace(cfg, batch_size=args.batch_size)
     if args.problems is not None:
         cfg = replace(cfg, n_problems=args.problems)
     if args.init_from is not None:
