@@ -42,7 +42,11 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     assert data["same_tokens"] is True
     assert data["decoding_steps"] == {"plain": [8], "hooked": [8], "floor": [8]}
     assert data["generated_tokens_per_row"] == 8
-    assert data["order"].startswith("ABC CBA") and data["warmup_runs"] >= 1
+    assert data["warmup_runs"] >= 1 and len(data["orders"]) == 2 and all(
+        sorted(o) == ["f", "h", "p"] for o in data["orders"])
+    lo, hi = data["ratio_ci95"]
+    assert lo <= data["ratio"] <= hi
+    assert data["verdict"] == bench_overhead.verdict((lo, hi))
     assert data["floor_ratio"] == pytest.approx(statistics.median(data["floor_runs_s"]) / data["plain_s"])
     assert data["in_hook_fraction"] == pytest.approx(
         (data["processor_s_per_step"] + data["tap_hook_s_per_step"]) / data["plain_s_per_step"])
@@ -57,3 +61,23 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
 def test_bad_sizes_raise(pad_is_eos, make):
     with pytest.raises(ValueError, match="repeats=0"):
         bench_overhead.measure_overhead(make("gpt2", pad_is_eos), pad_is_eos, repeats=0)
+
+
+def test_run_orders_balance_positions():
+    orders = bench_overhead.run_orders(["plain", "hooked", "floor"], 12, seed=3)
+    assert len(orders) == 12
+    for name in ("plain", "hooked", "floor"):
+        # 12 repeats = two blocks of the 6 permutations: each variant takes each position 4 times
+        assert [sum(o[k] == name for o in orders) for k in range(3)] == [4, 4, 4]
+    assert orders != bench_overhead.run_orders(["plain", "hooked", "floor"], 12, seed=4)  # shuffled by the seed
+
+
+def test_bootstrap_interval_and_verdict():
+    plain = [1.0, 1.01, 0.99, 1.02, 0.98] * 8
+    ci = bench_overhead.bootstrap_ratio_ci([1.1 * p for p in plain], plain, seed=0)
+    assert ci[0] == pytest.approx(1.1, abs=0.02) and ci[1] == pytest.approx(1.1, abs=0.02) and ci[0] <= ci[1]
+    assert bench_overhead.verdict(ci) == "above"
+    assert bench_overhead.verdict((1.01, 1.04)) == "within"
+    assert bench_overhead.verdict((1.04, 1.06)) == "inconclusive"
+    noisy = bench_overhead.bootstrap_ratio_ci([1.0, 1.3, 0.9, 1.2], [1.0, 0.9, 1.1, 1.2], seed=0)
+    assert noisy[1] - noisy[0] > 0.1  # a few noisy runs give a wide interval

@@ -3,7 +3,9 @@
 Times greedy ``generate`` with :class:`~thinkctl.stopping.BudgetForcing` + :class:`~thinkctl.stopping.HiddenStateTap`
 + :class:`~thinkctl.stopping.ProbeStopping` (a small linear predictor probed at every token) against plain
 ``generate`` producing the same tokens: same prompts and seed, fixed ``max_new_tokens``, warm-up runs, then timed runs
-interleaved in ABBA order (plain, hooked, hooked, plain, ...) with the garbage collector off, medians compared. Both
+interleaved in every order of the variants (plain, hooked, and a "floor" of a pass-through processor plus an empty
+hook) with the garbage collector off; the ratio of medians comes with a bootstrap 95 % interval and a verdict against
+the target that says "inconclusive" when the interval straddles it. Both
 variants must generate identical sequences (so the same number of decoding steps): ``same_tokens`` and the step
 counts of each variant are in the result. It also checks that the memory the hooks hold does not grow with the
 generated length. A benchmark, not a test: figures go to the JSON file given with ``--json``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import logging
 import statistics
 import time
@@ -32,6 +35,8 @@ logger = logging.getLogger(__name__)
 TARGET_RATIO = 1.05
 #: Calls of the tap's hook timed per block to estimate its cost per decoding step (the median of blocks is kept).
 TAP_HOOK_TIMING_CALLS = 200
+#: Resamples of the bootstrap interval of the ratio.
+BOOTSTRAP_SAMPLES = 2000
 #: Runs of each variant before timing starts (first-call allocations, lazy initialisation in transformers).
 WARMUP_RUNS = 2
 #: Generations run with the logits processor wrapped in a timer; the median time per step is reported.
@@ -43,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", required=True, metavar="OUT", help="write the results here")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (left-padded)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per run at most")
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs of each variant, interleaved ABBA")
+    parser.add_argument("--repeats", type=int, default=60, help="timed runs of each variant, interleaved in every order (a multiple of 6 balances them)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch decides)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, the probe's weights and torch")
     add_device_argument(parser)
@@ -71,8 +76,41 @@ def _held_bytes(tap: Any) -> int:
     return int(sum(t.untyped_storage().nbytes() for t in tap.latest.values()))
 
 
+def run_orders(names: list[str], repeats: int, seed: int) -> list[list[str]]:
+    """The order of the variants in each repeat: every permutation in turn (each shuffled block of ``n!`` repeats
+    uses each once), so that each variant runs first, in the middle and last equally often and a drift in machine
+    load or a warm-cache advantage of a position weighs on all variants alike."""
+    perms = [list(p) for p in itertools.permutations(names)]
+    rng = np.random.default_rng([seed, 7])
+    orders: list[list[str]] = []
+    while len(orders) < repeats:
+        orders += [perms[i] for i in rng.permutation(len(perms))]
+    return orders[:repeats]
+
+
+def bootstrap_ratio_ci(hooked: list[float], plain: list[float], *, seed: int = 0,
+                       n_boot: int = BOOTSTRAP_SAMPLES) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of median(hooked) / median(plain), resampling repeats (a repeat's runs of
+    the two variants stay together, as they ran under the same machine load)."""
+    h, p = np.asarray(hooked, dtype=float), np.asarray(plain, dtype=float)
+    idx = np.random.default_rng([seed, 8]).integers(0, len(h), size=(n_boot, len(h)))
+    ratios = np.median(h[idx], axis=1) / np.median(p[idx], axis=1)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def verdict(ci: tuple[float, float], target: float = TARGET_RATIO) -> str:
+    """``"within"`` the target when the whole interval is at or under it, ``"above"`` when it is all over it,
+    otherwise ``"inconclusive"`` (more repeats or a quieter machine narrow the interval)."""
+    if ci[1] <= target:
+        return "within"
+    if ci[0] > target:
+        return "above"
+    return "inconclusive"
+
+
 def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new_tokens: int = 128,
-                     repeats: int = 15, seed: int = 0) -> dict[str, Any]:
+                     repeats: int = 60, seed: int = 0) -> dict[str, Any]:
     """Time hooked against plain greedy ``generate`` on the same prompts.
 
     Parameters
@@ -82,16 +120,18 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
     batch_size : int, default=8
     max_new_tokens : int, default=128
         Upper bound of the generated length (rows end earlier at EOS; both variants take the same steps).
-    repeats : int, default=15
-        Timed runs per variant (after :data:`WARMUP_RUNS` warm-up runs each), interleaved plain / hooked in ABBA
-        order so that a drift in machine load weighs on both variants alike.
+    repeats : int, default=60
+        Timed runs per variant (after :data:`WARMUP_RUNS` warm-up runs each), interleaved in every order of the
+        three variants (:func:`run_orders`) so that a drift in machine load weighs on all of them alike.
     seed : int, default=0
         Seeds the prompts, the probe's weights and torch before every run.
 
     Returns
     -------
     dict
-        ``ratio`` (median hooked / median plain wall time), ``plain_s``, ``hooked_s`` (medians), the individual
+        ``ratio`` (median hooked / median plain wall time), ``ratio_ci95`` (:func:`bootstrap_ratio_ci`),
+        ``verdict`` (:func:`verdict`: within / above / inconclusive against :data:`TARGET_RATIO`), ``orders`` (the
+        variants' order in each repeat, by initial), ``plain_s``, ``hooked_s`` (medians), the individual
         runs (``plain_runs_s[i]`` and ``hooked_runs_s[i]`` are neighbours), ``pair_ratio_median`` (median of the
         ratios of neighbouring runs), ``cpu_ratio`` (the same with process CPU time, less sensitive to other load on
         the machine), ``processor_s_per_step`` (time inside the logits processor per decoding step, median of
@@ -189,8 +229,8 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         cpus: dict[str, list[float]] = {name: [] for name in variants}
         same = True
         steps: dict[str, set[int]] = {name: set() for name in variants}
-        for i in range(repeats):
-            names = list(variants) if i % 2 == 0 else list(variants)[::-1]  # ABC CBA: each variant leads in turn
+        orders = run_orders(list(variants), repeats, seed)
+        for names in orders:
             for name in names:
                 wall, cpu, out = timed(variants[name])
                 walls[name].append(wall)
@@ -264,8 +304,12 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         logger.warning("the hooked runs generated other tokens than the plain ones (steps %s); the ratio compares "
                        "unequal work", steps)
 
+    ratio = hooked_s / plain_s
+    ci = bootstrap_ratio_ci(hooked_runs, plain_runs, seed=seed)
     return {
-        "ratio": hooked_s / plain_s,
+        "ratio": ratio,
+        "ratio_ci95": list(ci),
+        "verdict": verdict(ci),
         "plain_s": plain_s,
         "hooked_s": hooked_s,
         "target_ratio": TARGET_RATIO,
@@ -286,7 +330,8 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "same_tokens": same,
         "decoding_steps": {name: sorted(v) for name, v in steps.items()},
         "warmup_runs": WARMUP_RUNS,
-        "order": "ABC CBA (plain, hooked, floor)",
+        "order": "every order of (plain, hooked, floor) in turn, shuffled by the seed",
+        "orders": ["".join(name[0] for name in names) for names in orders],
         "batch_size": batch_size,
         "prompt_tokens": int(prompt_len),
         "generated_tokens_per_row": generated,
@@ -320,8 +365,9 @@ def run(args: argparse.Namespace) -> int:
     result["config"] = {"model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                         "repeats": args.repeats, "threads": args.threads, "seed": args.seed, "device": args.device}
     path = write_json(args.json, result)
-    verdict = "within" if result["ratio"] <= TARGET_RATIO else "above"
-    print(f"hooked/plain = {result['ratio']:.3f} ({verdict} target {TARGET_RATIO}); "
+    lo, hi = result["ratio_ci95"]
+    print(f"hooked/plain = {result['ratio']:.3f} [95% CI {lo:.3f}, {hi:.3f}]: {result['verdict']} "
+          f"(target {TARGET_RATIO}); "
           f"time inside hooks = {100 * result['in_hook_fraction']:.1f}% of a plain step; "
           f"a pass-through processor and an empty hook alone (the floor) = {result['floor_ratio']:.3f}; "
           f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
