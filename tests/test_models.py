@@ -13,7 +13,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from thinkctl.models import (GGUF_INSTALL, SMOLLM2_INSTALL, ModelSpecError, load_model, model_id, smollm2_path)
+from thinkctl.models import (GGUF_INSTALL, SMOLLM2_INSTALL, ModelSpecError, check_stamp, load_model, model_fingerprint,
+                             model_id, model_stamp, smollm2_path)
 
 WORDS = ["<unk>", "<eos>", "what", "is", "2", "3", "+", "=", "5", "the", "answer", "?"]
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
@@ -222,3 +223,28 @@ def test_load_model_refuses_a_device_it_cannot_use():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             load_model("embedded", device="cuda")
+
+
+def test_fingerprint_tells_checkpoints_apart_not_dtypes() -> None:
+    model = _tiny_model("llama")
+    fp = model_fingerprint(model)
+    assert len(fp) == 16 and fp == model_fingerprint(_tiny_model("llama"))  # same seed, same weights
+    assert model_fingerprint(_tiny_model("llama").to(torch.bfloat16)) == fp  # the checkpoint loaded in bf16
+    other = _tiny_model("llama")
+    with torch.no_grad():
+        other.model.layers[1].mlp.up_proj.weight.mul_(1.01)  # one tensor of one layer changed
+    assert model_fingerprint(other) != fp
+
+
+def test_check_stamp_refuses_another_model_and_checkpoint() -> None:
+    model = _tiny_model("llama")
+    stamp = model_stamp(model, "tiny")
+    assert stamp == {"name": "tiny", "hidden_size": 32, "num_layers": 2, "fingerprint": model_fingerprint(model)}
+    check_stamp(stamp, model, "bundle b")  # its own model passes
+    check_stamp({"name": "tiny", "hidden_size": 32}, model, "bundle b")  # an older stamp: shape only
+    with pytest.raises(ValueError, match="bundle b was made for a model with hidden_size=64.*thinkctl collect"):
+        check_stamp({**stamp, "hidden_size": 64}, model, "bundle b")
+    with pytest.raises(ValueError, match="num_layers=4, but this model has num_layers=2"):
+        check_stamp({**stamp, "num_layers": 4}, model, "bundle b")
+    with pytest.raises(ValueError, match="fingerprint 0123456789abcdef.*another checkpoint"):
+        check_stamp({**stamp, "fingerprint": "0123456789abcdef"}, model, "bundle b")

@@ -29,6 +29,9 @@ __all__ = [
     "model_id",
     "model_hidden_size",
     "model_num_layers",
+    "model_fingerprint",
+    "model_stamp",
+    "check_stamp",
     "resolve_device",
     "smollm2_path",
     "SMOLLM2_PACKAGE",
@@ -307,3 +310,61 @@ def model_num_layers(model: Any) -> int:
     if n is None:
         raise ValueError(f"cannot read the number of layers of {type(model).__name__} from its config")
     return int(n)
+
+
+#: Values read from each parameter tensor by :func:`model_fingerprint`, spread evenly over it.
+FINGERPRINT_VALUES = 512
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short hash of ``model``'s weights: tells two checkpoints of one architecture apart (a retrained embedded
+    model, another fine-tune) where name and shape cannot.
+
+    Hashes every parameter's name and shape and :data:`FINGERPRINT_VALUES` of its values spread evenly over it (first
+    and last included), rounded to bfloat16, so it costs microseconds per tensor whatever the model's size and is the
+    same for the checkpoint loaded on any device in float32, bfloat16 or float16. Returns 16 hex digits.
+    """
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            n = flat.numel()
+            if n > FINGERPRINT_VALUES:
+                k = FINGERPRINT_VALUES  # evenly spaced, first and last included (integer arithmetic: exact at any size)
+                flat = flat[torch.arange(k, device=flat.device) * (n - 1) // (k - 1)]
+            values = flat.to(torch.bfloat16).float().cpu().numpy()
+            h.update(f"{name}:{tuple(p.shape)};".encode())
+            h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_stamp(model: Any, name: str | None = None) -> dict[str, Any]:
+    """What artefacts made from ``model``'s traces record about it: ``name`` (:func:`model_id` unless given),
+    ``hidden_size``, ``num_layers`` and ``fingerprint`` (:func:`model_fingerprint`)."""
+    return {"name": name if name is not None else model_id(model), "hidden_size": model_hidden_size(model),
+            "num_layers": model_num_layers(model), "fingerprint": model_fingerprint(model)}
+
+
+def check_stamp(stamp: dict[str, Any], model: Any, what: str) -> None:
+    """Raise a ValueError that says what to do when ``stamp`` (an artefact's record of its model) does not describe
+    ``model``: another hidden size or layer count, or another checkpoint (fingerprint). Stamps written before
+    fingerprints were recorded are checked on their shape only."""
+    fix = ("Train it on this model's traces (`thinkctl collect` -> `thinkctl train` -> `thinkctl calibrate`) or load "
+           "the model it was made for")
+    for key, actual in (("hidden_size", model_hidden_size(model)), ("num_layers", model_num_layers(model))):
+        recorded = stamp.get(key)
+        if recorded is not None and int(recorded) != actual:
+            raise ValueError(f"{what} was made for a model with {key}={recorded}, but this model has {key}={actual}: "
+                             f"it belongs to another model. {fix}")
+    recorded = stamp.get("fingerprint")
+    if recorded is not None:
+        actual_fp = model_fingerprint(model)
+        if recorded != actual_fp:
+            raise ValueError(f"{what} was made for {stamp.get('name', 'a model')!r} with weights fingerprint "
+                             f"{recorded}, but this model's weights have fingerprint {actual_fp} (another checkpoint "
+                             f"of the same shape, e.g. a retrained model). {fix}")

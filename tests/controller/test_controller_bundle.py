@@ -76,6 +76,20 @@ def test_probe_of_another_model_is_refused(tmp_path, model, tok, record_hidden):
         AdaptiveController.load(tmp_path, model, tok)
 
 
+def test_bundle_of_another_checkpoint_is_refused(tmp_path, model, tok):
+    from thinkctl.models import model_stamp
+
+    write_bundle(tmp_path, 32)
+    meta = json.loads((tmp_path / "bundle.json").read_text())
+    meta["model"] = model_stamp(model, "tiny")
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
+    AdaptiveController.load(tmp_path, model, tok)  # the checkpoint it was made for
+    meta["model"]["fingerprint"] = "0" * 16  # same shape, other weights (e.g. a retrained model)
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="another checkpoint"):
+        AdaptiveController.load(tmp_path, model, tok)
+
+
 def test_bundle_layer_must_exist_in_the_model(tmp_path, model, tok):
     write_bundle(tmp_path, 32, layer=7)
     with pytest.raises(ValueError, match="layer=7 is out of range for a model with 2 layers"):

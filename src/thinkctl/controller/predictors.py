@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from thinkctl.models import model_hidden_size, model_num_layers
+from thinkctl.models import check_stamp, model_hidden_size, model_num_layers
 
 __all__ = ["HiddenStatePredictor", "load_bundle_predictors", "model_hidden_size", "model_num_layers"]
 
@@ -106,11 +106,7 @@ def load_bundle_predictors(bundle_dir: str | os.PathLike[str], model: Any
     if "confidence_layer" not in meta:
         raise ValueError(f"{meta_path} has no confidence_layer; it was not written by `thinkctl train`")
     hidden = model_hidden_size(model)
-    recorded = (meta.get("model") or {}).get("hidden_size")
-    if recorded is not None and int(recorded) != hidden:
-        raise ValueError(f"bundle {bdir} was trained for a model with hidden_size={recorded}, but this model has "
-                         f"hidden_size={hidden}: the bundle belongs to another model. Train a bundle on this model "
-                         "or load the model it was made for")
+    check_stamp(meta.get("model") or {}, model, f"bundle {bdir}")
     layer = int(meta["confidence_layer"])
     probe = HiddenStateProbe.load(bdir / "confidence_probe")
     _check_probe_for_model(probe, hidden, "the confidence probe", bdir / "confidence_probe")

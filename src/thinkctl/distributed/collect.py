@@ -44,7 +44,7 @@ class CollectWorker:
 
     def __init__(self, model: ModelSpec | str, task: Task | str, cfg: CollectConfig) -> None:
         from thinkctl.generation import reasoning_format
-        from thinkctl.models import model_hidden_size, model_id, model_num_layers
+        from thinkctl.models import model_num_layers, model_stamp
         from thinkctl.traces.collect import resolve_layers
 
         self.model, self.tokenizer, self.task = load_on_worker(model, task)
@@ -52,11 +52,10 @@ class CollectWorker:
         self.fmt = reasoning_format(self.tokenizer)
         n_layers = model_num_layers(self.model)
         self.layers = resolve_layers(cfg.layers, n_layers)
-        self.stamp = {"name": model_id(self.model), "hidden_size": model_hidden_size(self.model),
-                      "num_layers": n_layers}
+        self.stamp = model_stamp(self.model)
 
     def describe(self, _: Any = None) -> dict[str, Any]:
-        """The model stamp of the store (``name``, ``hidden_size``, ``num_layers``), the resolved layers, and what
+        """The model stamp of the store (:func:`thinkctl.models.model_stamp`), the resolved layers, and what
         this worker collects (task name, config)."""
         return {"model": dict(self.stamp), "layers_resolved": list(self.layers), "task": self.task.name,
                 "collect": asdict(self.cfg)}

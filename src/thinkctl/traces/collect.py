@@ -22,7 +22,7 @@ import torch
 
 from thinkctl import __version__
 from thinkctl.generation import (chat_prefix, generate_from_prefixes, reasoning_format, thinking_length)
-from thinkctl.models import model_hidden_size, model_num_layers
+from thinkctl.models import model_num_layers, model_stamp
 from thinkctl.tasks import Problem, Task
 from thinkctl.traces.store import TraceStore
 
@@ -116,7 +116,7 @@ def shard_seed(cfg: CollectConfig, shard: int) -> int:
 def store_header(cfg: CollectConfig, layers: list[int], model_stamp: dict[str, Any],
                  problems: Sequence[Problem]) -> dict[str, Any]:
     """The config a store records (and checks on resuming): the collection settings, the resolved layers, the
-    model's ``name`` / ``hidden_size`` / ``num_layers`` and the problem ids, in order."""
+    model's stamp (:func:`thinkctl.models.model_stamp`) and the problem ids, in order."""
     return {"collect": asdict(cfg), "layers_resolved": list(layers), "thinkctl_version": __version__,
             "model": dict(model_stamp), "problem_ids": [p.id for p in problems]}
 
@@ -157,8 +157,7 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
     n_layers = model_num_layers(model)
     layers = resolve_layers(cfg.layers, n_layers)
     store = TraceStore(out_dir)
-    store.init(store_header(cfg, layers, {"name": model_name, "hidden_size": model_hidden_size(model),
-                                          "num_layers": n_layers}, problems))
+    store.init(store_header(cfg, layers, model_stamp(model, model_name), problems))
     n_shards = math.ceil(len(problems) / cfg.shard_problems)
     todo = [i for i in range(n_shards) if not store.has_shard(i)]
     if len(todo) < n_shards:
