@@ -71,3 +71,13 @@ def test_cli_writes_json(tiny_model, tmp_path, monkeypatch, capsys):
     rep = json.loads(out.read_text())
     assert rep["config"]["n"] == 6 and "arith" in rep["families"]
     assert "greedy by level" in capsys.readouterr().out
+
+
+def test_auto_prompt_style_knows_train_embedded_checkpoints(tmp_path):
+    from thinkctl.commands.gym_report import is_embedded_kind
+    from thinkctl.embedded import METADATA_FILE
+
+    assert is_embedded_kind("embedded") and not is_embedded_kind("smollm2")
+    assert not is_embedded_kind(str(tmp_path))  # any other local model folder: instruct prompts
+    (tmp_path / METADATA_FILE).write_text("{}")  # what train-embedded writes beside its weights
+    assert is_embedded_kind(str(tmp_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from thinkctl.commands._common import add_device_argument, add_model_argument, add_progress_argument, write_json
 
@@ -23,23 +24,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="arith,modeq", help="comma-separated task families")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="generation cap (default 768 for the embedded model, 384 otherwise)")
+                   help="generation cap (default 768 for the embedded model or a train-embedded checkpoint, 384 "
+                        "otherwise)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--prompt-style", choices=["auto", "native", "instruct"], default="auto",
-                   help="'instruct' adds an answer-format instruction for models not trained on the tasks")
+                   help="'instruct' adds an answer-format instruction for models not trained on the tasks; 'auto': "
+                        "'native' for the embedded model or a train-embedded checkpoint folder, else 'instruct'")
     add_device_argument(p)
     p.add_argument("--json", required=True, metavar="OUT", help="write the report here")
     add_progress_argument(p)
+
+
+def is_embedded_kind(spec: str) -> bool:
+    """Whether ``spec`` names a model trained by ``thinkctl train-embedded`` on the tasks' own prompts: the embedded
+    model, or a checkpoint folder that train-embedded wrote (it holds ``thinkctl_embedded.json``). Such a model gets
+    the tasks' native prompts; any other model gets prompts with an answer-format instruction."""
+    from thinkctl.embedded import METADATA_FILE
+    from thinkctl.models import EMBEDDED_SPECS
+
+    return spec in EMBEDDED_SPECS or (Path(spec) / METADATA_FILE).is_file()
 
 
 def run(args: argparse.Namespace) -> int:
     from thinkctl.embedded.gym import GymConfig, gym_report
     from thinkctl.models import load_model
 
+    trained_here = is_embedded_kind(args.model)
     style = args.prompt_style
     if style == "auto":
-        style = "native" if args.model == "embedded" else "instruct"
-    max_new = args.max_new_tokens or (768 if args.model == "embedded" else 384)
+        style = "native" if trained_here else "instruct"
+    max_new = args.max_new_tokens or (768 if trained_here else 384)
     cfg = replace(GymConfig(), seed=args.seed, n=args.n, samples=args.samples,
                   tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                   temperature=args.temperature, max_new_tokens=max_new, batch_size=args.batch_size,

@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_embedded", "CHECKPOINT_DIR"]
+__all__ = ["load_embedded", "CHECKPOINT_DIR", "METADATA_FILE"]
 
 #: Where the committed checkpoint lives (inside the installed package).
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
+#: What ``thinkctl train-embedded`` writes beside the weights (config, seed, data statistics, loss curve).
+METADATA_FILE = "thinkctl_embedded.json"
 
 
 def load_embedded(path: str | os.PathLike[str] | None = None, *, dtype: Any = None) -> tuple[Any, Any]:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from thinkctl.embedded import METADATA_FILE
 from thinkctl.embedded.tokenizer import END, THINK_CLOSE, build_tokenizer, render_chat
 from thinkctl.embedded.traces import TraceStyle, thought_for
 from thinkctl.tasks import ANSWER_PREFIX, get as get_task
@@ -311,7 +312,7 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
         "final_loss": float(np.mean([h[1] for h in history[-50:]])) if history else None,
         "loss_history": history[:: max(1, len(history) // 200)],
     }
-    (out / "thinkctl_embedded.json").write_text(json.dumps(meta, indent=2))
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2))
     if (resume / "state.pt").exists():
         for f in resume.iterdir():
             f.unlink()
