@@ -46,7 +46,10 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
         sorted(o) == ["f", "h", "p"] for o in data["orders"])
     lo, hi = data["ratio_ci95"]
     assert lo <= data["ratio"] <= hi
+    lo, hi = data["pair_ratio_ci95"]
+    assert lo <= data["pair_ratio_median"] <= hi
     assert data["verdict"] == bench_overhead.verdict((lo, hi))
+    assert data["floor_pair_ratio_ci95"][0] <= data["floor_pair_ratio_median"] <= data["floor_pair_ratio_ci95"][1]
     assert data["floor_ratio"] == pytest.approx(statistics.median(data["floor_runs_s"]) / data["plain_s"])
     assert data["in_hook_fraction"] == pytest.approx(
         (data["processor_s_per_step"] + data["tap_hook_s_per_step"]) / data["plain_s_per_step"])
@@ -79,5 +82,9 @@ def test_bootstrap_interval_and_verdict():
     assert bench_overhead.verdict(ci) == "above"
     assert bench_overhead.verdict((1.01, 1.04)) == "within"
     assert bench_overhead.verdict((1.04, 1.06)) == "inconclusive"
+    # a machine that slows down for a while: the runs of each repeat move together, the paired ratio sees through it
+    drift = [1.0] * 10 + [1.4] * 10
+    paired = bench_overhead.bootstrap_ratio_ci([1.03 * d for d in drift], drift, seed=0, paired=True)
+    assert paired == pytest.approx((1.03, 1.03))
     noisy = bench_overhead.bootstrap_ratio_ci([1.0, 1.3, 0.9, 1.2], [1.0, 0.9, 1.1, 1.2], seed=0)
     assert noisy[1] - noisy[0] > 0.1  # a few noisy runs give a wide interval
