@@ -350,21 +350,24 @@ def model_stamp(model: Any, name: str | None = None) -> dict[str, Any]:
             "num_layers": model_num_layers(model), "fingerprint": model_fingerprint(model)}
 
 
+#: What to do with an artefact made for another model (ends the errors of :func:`check_stamp` and of bundle loading).
+RETRAIN_HINT = ("Train it on this model's traces (`thinkctl collect` -> `thinkctl train` -> `thinkctl calibrate`) or "
+                "load the model it was made for")
+
+
 def check_stamp(stamp: dict[str, Any], model: Any, what: str) -> None:
     """Raise a ValueError that says what to do when ``stamp`` (an artefact's record of its model) does not describe
     ``model``: another hidden size or layer count, or another checkpoint (fingerprint). Stamps written before
     fingerprints were recorded are checked on their shape only."""
-    fix = ("Train it on this model's traces (`thinkctl collect` -> `thinkctl train` -> `thinkctl calibrate`) or load "
-           "the model it was made for")
     for key, actual in (("hidden_size", model_hidden_size(model)), ("num_layers", model_num_layers(model))):
         recorded = stamp.get(key)
         if recorded is not None and int(recorded) != actual:
             raise ValueError(f"{what} was made for a model with {key}={recorded}, but this model has {key}={actual}: "
-                             f"it belongs to another model. {fix}")
+                             f"it belongs to another model. {RETRAIN_HINT}")
     recorded = stamp.get("fingerprint")
     if recorded is not None:
         actual_fp = model_fingerprint(model)
         if recorded != actual_fp:
             raise ValueError(f"{what} was made for {stamp.get('name', 'a model')!r} with weights fingerprint "
                              f"{recorded}, but this model's weights have fingerprint {actual_fp} (another checkpoint "
-                             f"of the same shape, e.g. a retrained model). {fix}")
+                             f"of the same shape, e.g. a retrained model). {RETRAIN_HINT}")

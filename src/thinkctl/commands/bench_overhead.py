@@ -6,9 +6,8 @@ Times greedy ``generate`` with :class:`~thinkctl.stopping.BudgetForcing` + :clas
 interleaved in every order of the variants (plain, hooked, and a "floor" of a pass-through processor plus an empty
 hook) with the garbage collector off; the ratio of medians and the median per-repeat ratio come with bootstrap 95 %
 intervals, and a verdict against the target (on the per-repeat ratio) says "inconclusive" when the interval straddles
-it. Both
-variants must generate identical sequences (so the same number of decoding steps): ``same_tokens`` and the step
-counts of each variant are in the result. It also checks that the memory the hooks hold does not grow with the
+it. All variants must generate identical sequences (so the same number of decoding steps): ``same_tokens`` and the
+step counts of each variant are in the result. It also checks that the memory the hooks hold does not grow with the
 generated length. A benchmark, not a test: figures go to the JSON file given with ``--json``.
 """
 
@@ -49,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", required=True, metavar="OUT", help="write the results here")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (left-padded)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per run at most")
-    parser.add_argument("--repeats", type=int, default=60, help="timed runs of each variant, interleaved in every order (a multiple of 6 balances them)")
+    parser.add_argument("--repeats", type=int, default=60,
+                        help="timed runs of each variant, interleaved in every order (a multiple of 6 balances them)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch decides)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, the probe's weights and torch")
     add_device_argument(parser)
@@ -138,8 +138,8 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         ``ratio`` (median hooked / median plain wall time), ``ratio_ci95`` (:func:`bootstrap_ratio_ci`),
         ``pair_ratio_ci95`` and ``floor_pair_ratio_ci95`` (the same for the median per-repeat ratio),
         ``verdict`` (:func:`verdict` on ``pair_ratio_ci95``: within / above / inconclusive against
-        :data:`TARGET_RATIO`), ``orders`` (the
-        variants' order in each repeat, by initial), ``plain_s``, ``hooked_s`` (medians), the individual
+        :data:`TARGET_RATIO`), ``orders`` (the variants' order in each repeat, by initial), ``plain_s``,
+        ``hooked_s`` (medians), the individual
         runs (``plain_runs_s[i]`` and ``hooked_runs_s[i]`` are neighbours), ``pair_ratio_median`` (median of the
         ratios of neighbouring runs), ``cpu_ratio`` (the same with process CPU time, less sensitive to other load on
         the machine), ``processor_s_per_step`` (time inside the logits processor per decoding step, median of

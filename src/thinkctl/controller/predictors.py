@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from thinkctl.models import check_stamp, model_hidden_size, model_num_layers
+from thinkctl.models import RETRAIN_HINT, check_stamp, model_hidden_size, model_num_layers
 
 __all__ = ["HiddenStatePredictor", "load_bundle_predictors", "model_hidden_size", "model_num_layers"]
 
@@ -78,9 +78,7 @@ def _check_probe_for_model(probe: Any, hidden: int, what: str, source: Path) -> 
     n = int(getattr(probe, "n_features_in_", -1))
     if n != hidden:
         raise ValueError(f"{what} in {source} reads hidden states of size {n}, but this model has hidden_size="
-                         f"{hidden}: the bundle belongs to another model. Train a bundle on this model's traces "
-                         "(`thinkctl collect` -> `thinkctl train` -> `thinkctl calibrate`) or load the model it was "
-                         "made for")
+                         f"{hidden}: the bundle belongs to another model. {RETRAIN_HINT}")
 
 
 def load_bundle_predictors(bundle_dir: str | os.PathLike[str], model: Any

@@ -113,12 +113,12 @@ def shard_seed(cfg: CollectConfig, shard: int) -> int:
     return cfg.seed * 100_003 + shard
 
 
-def store_header(cfg: CollectConfig, layers: list[int], model_stamp: dict[str, Any],
+def store_header(cfg: CollectConfig, layers: list[int], stamp: dict[str, Any],
                  problems: Sequence[Problem]) -> dict[str, Any]:
     """The config a store records (and checks on resuming): the collection settings, the resolved layers, the
     model's stamp (:func:`thinkctl.models.model_stamp`) and the problem ids, in order."""
     return {"collect": asdict(cfg), "layers_resolved": list(layers), "thinkctl_version": __version__,
-            "model": dict(model_stamp), "problem_ids": [p.id for p in problems]}
+            "model": dict(stamp), "problem_ids": [p.id for p in problems]}
 
 
 @torch.no_grad()
