@@ -67,3 +67,21 @@ def test_no_check_means_thinking_ends_after_the_forward_pass():
 def test_style_rejects_bad_probabilities():
     with pytest.raises(ValueError, match="p_check"):
         TraceStyle(p_check=1.5)
+
+
+def test_modeq_uniqueness_sweep_restates_the_solution_on_every_line():
+    # forced mid-sweep, the answer must be on the line just written (a small model does not look many lines back)
+    task = thinkctl.tasks.get("modeq")
+    rng = np.random.default_rng(7)
+    style = TraceStyle(p_slip=0.0, p_check=1.0, p_second_check=0.0)
+    swept = 0
+    for p in task.sample(100, seed=8):
+        th = thought_for("modeq", p, rng, style)
+        if "Let me make sure no other x works." not in th.lines:
+            continue  # the solution is p - 1: nothing left to sweep
+        start = th.lines.index("Let me make sure no other x works.") + 1
+        sweep = th.lines[start:-1]
+        assert sweep and all(line.endswith(f", still x={p.answer}") for line in sweep)
+        assert all(b == p.answer for b in th.beliefs[start:])
+        swept += 1
+    assert swept > 50
