@@ -58,6 +58,8 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     assert data["tap_bytes_by_length"] == {"4": 3 * 32 * 4, "8": 3 * 32 * 4}
     assert data["probe_history_pairs_by_length"] == {"4": 3 * 3, "8": 3 * 7}  # one pair per probe
     assert data["config"]["model"] == "tiny" and data["batch_size"] == 3
+    assert set(data["signature_lookup_s"]) == {"budget_forcing", "undecorated"}
+    assert all(v > 0 for v in data["signature_lookup_s"].values())
     assert "hooked/plain" in capsys.readouterr().out
 
 

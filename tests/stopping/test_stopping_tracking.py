@@ -140,3 +140,27 @@ def test_prompt_one_token_longer_is_a_new_generation_but_passed_back_output_cont
     # the finished output of a generate call (one token the hook never saw) passed back: a continuation
     out = torch.cat([x, torch.tensor([ids(tok, "d")])], dim=1)
     assert tr.update(out) is False and tr.think_tokens == [4]
+
+
+def test_precomputed_call_signature_is_what_logits_processor_list_reads():
+    import inspect
+
+    from thinkctl.stopping import BudgetForcing, ThoughtSwitchPenalty
+    from thinkctl.stopping.tracking import precomputed_call_signature
+
+    for cls in (BudgetForcing, ThoughtSwitchPenalty):
+        assert "__signature__" in vars(cls.__call__)
+        bound = inspect.signature(cls.__call__.__get__(object.__new__(cls)))
+        assert list(bound.parameters) == ["input_ids", "scores"]  # the 2 arguments LogitsProcessorList passes
+
+    @precomputed_call_signature
+    class Base:
+        def __call__(self, input_ids, scores):
+            return scores
+
+    class Extra(Base):  # an override keeps its own signature
+        def __call__(self, input_ids, scores, cur_len=0):
+            return scores
+
+    assert list(inspect.signature(Base().__call__).parameters) == ["input_ids", "scores"]
+    assert list(inspect.signature(Extra().__call__).parameters) == ["input_ids", "scores", "cur_len"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import itertools
 import logging
 import statistics
@@ -64,6 +65,14 @@ class _PassThrough:
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         return scores
+
+
+def _signature_lookup_s(processor: Any, calls: int = 2000) -> float:
+    """Seconds per ``inspect.signature(processor.__call__)``, the lookup LogitsProcessorList makes at every step."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        inspect.signature(processor.__call__)
+    return (time.perf_counter() - t0) / calls
 
 
 def benchmark_prompts(n: int, seed: int) -> list[str]:
@@ -149,6 +158,8 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         ``decoding_steps`` (per variant; equal when ``same_tokens``), token counts and memory figures:
         ``tap_bytes_by_length`` (what the tap holds after generating that many tokens, at half and all of the
         length the runs reach; constant when the tap keeps only the newest position),
+        ``signature_lookup_s`` (seconds per ``inspect.signature`` of BudgetForcing's ``__call__``, which
+        transformers' ``LogitsProcessorList`` repeats at every step, and of an undecorated processor's),
         ``python_peak_bytes_by_length`` (tracemalloc peak of Python allocations during a hooked run, which covers
         the hooks' per-row state) and ``probe_history_pairs_by_length`` (the ``(thinking_tokens, confidence)``
         pairs ProbeStopping keeps, one per probe: the only per-row state that grows, here with a probe every
@@ -269,6 +280,11 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
                 model.generate(**inputs, logits_processor=LogitsProcessorList([timed_bf]), **gen_kwargs)
             processor_per_step.append(in_hook[0] / max(1, in_hook[1]))
 
+        # transformers' LogitsProcessorList parses each processor's call signature at every step; BudgetForcing
+        # stores its signature once (precomputed_call_signature), the pass-through processor does not
+        signature_s = {name: _signature_lookup_s(proc) for name, proc in (("budget_forcing", bf),
+                                                                           ("undecorated", _PassThrough()))}
+
         tap_bytes: dict[str, int] = {}
         py_peak: dict[str, int] = {}
         history_pairs: dict[str, int] = {}
@@ -348,6 +364,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "plain_tokens_per_s": batch_size * generated / plain_s,
         "probes_per_row": probes,
         "hooks": ["BudgetForcing", "HiddenStateTap(layers=(-1,))", "ProbeStopping(every=1, linear predictor)"],
+        "signature_lookup_s": signature_s,
         "tap_bytes_by_length": tap_bytes,
         "python_peak_bytes_by_length": py_peak,
         "probe_history_pairs_by_length": history_pairs,

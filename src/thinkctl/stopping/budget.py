@@ -18,7 +18,7 @@ from transformers import LogitsProcessor
 
 from thinkctl.registry import Registry
 from thinkctl.stopping.rules import StopRule
-from thinkctl.stopping.tracking import ThinkingTracker, encode_text, eos_ids_of
+from thinkctl.stopping.tracking import ThinkingTracker, encode_text, eos_ids_of, precomputed_call_signature
 
 __all__ = ["BudgetForcing", "WAIT_TRIGGERS"]
 
@@ -63,6 +63,7 @@ _NONE, _WAIT, _STOP, _EOS = -1, 0, 1, 2  # forced sequences
 _REASON_MAX, _REASON_EOS, _REASON_RULE = 1, 2, 3  # why thinking was ended by force (0: it was not)
 
 
+@precomputed_call_signature
 class BudgetForcing(LogitsProcessor):
     """Force each row to think at least ``min_tokens`` and at most ``max_tokens`` tokens, then answer (s1).
 

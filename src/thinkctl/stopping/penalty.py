@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from transformers import LogitsProcessor
 
-from thinkctl.stopping.tracking import ThinkingTracker, encode_text
+from thinkctl.stopping.tracking import ThinkingTracker, encode_text, precomputed_call_signature
 
 __all__ = ["ThoughtSwitchPenalty", "switch_token_ids"]
 
@@ -65,6 +65,7 @@ def switch_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return ids
 
 
+@precomputed_call_signature
 class ThoughtSwitchPenalty(LogitsProcessor):
     """Subtract ``alpha`` from the logits of thought-switching tokens during each row's first ``beta`` thinking tokens.
 

@@ -15,8 +15,9 @@ generated text.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import torch
 
@@ -28,9 +29,25 @@ __all__ = [
     "eos_ids_of",
     "ends_with",
     "last_positions",
+    "precomputed_call_signature",
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T", bound=type)
+
+
+def precomputed_call_signature(cls: _T) -> _T:
+    """Class decorator for logits processors: store the signature of ``cls.__call__`` on the function once.
+
+    transformers' ``LogitsProcessorList`` calls ``inspect.signature(processor.__call__)`` for every processor at
+    every decoding step, to decide whether to pass extra keyword arguments; parsing a signature costs ~25 us, close to
+    1 % of a decoding step of a small model on a CPU. With ``__signature__`` set, ``inspect`` reads it instead
+    (~6 us). A subclass that overrides ``__call__`` gets the ordinary, parsed signature.
+    """
+    call = cls.__dict__["__call__"]
+    call.__signature__ = inspect.signature(call)
+    return cls
 
 #: Prefixes under which a marker commonly appears inside generated text (after a word or at a line start).
 #: BPE tokenizers tokenize ``" </think>"`` differently from ``"</think>"``; each prefix gives one more variant.
