@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
-from thinkctl.stopping import ThinkingTracker
-from thinkctl.stopping.tracking import encode_text, ends_with, last_positions, marker_variants
+from thinkctl.stopping import BudgetForcing, ThinkingTracker, ThoughtSwitchPenalty
+from thinkctl.stopping.tracking import (encode_text, ends_with, last_positions, marker_variants,
+                                      precomputed_call_signature)
 
 
 def ids(tokenizer, text: str) -> list[int]:
@@ -143,11 +146,6 @@ def test_prompt_one_token_longer_is_a_new_generation_but_passed_back_output_cont
 
 
 def test_precomputed_call_signature_is_what_logits_processor_list_reads():
-    import inspect
-
-    from thinkctl.stopping import BudgetForcing, ThoughtSwitchPenalty
-    from thinkctl.stopping.tracking import precomputed_call_signature
-
     for cls in (BudgetForcing, ThoughtSwitchPenalty):
         assert "__signature__" in vars(cls.__call__)
         bound = inspect.signature(cls.__call__.__get__(object.__new__(cls)))

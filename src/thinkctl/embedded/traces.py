@@ -184,10 +184,9 @@ def modeq_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
         lines.append(CHECK_TEXT if k == 0 else RECHECK_TEXT)
         lines.append(f"{x}*{a}={a * x}, {a * x}+{b}={v}, {v}-{p * (v // p)}={v % p} ok")
         if k == 0 and x < p - 1:
-            # the first check also confirms that the solution is unique by finishing the search
-            # Each line of that sweep restates the solution it is defending, as a solver keeping track would: the
-            # answer forced mid-sweep is then on the line just written, not many lines back (a 4-layer model does
-            # not learn that long-range lookup; forced mid-sweep it answered with the x it was testing).
+            # the first check also confirms that the solution is unique by finishing the search; each line of that
+            # sweep restates the solution it defends, so an answer forced mid-sweep is on the line just written (a
+            # 4-layer model does not learn the long-range lookup: it answered with the x it was testing)
             lines.append(UNIQUE_TEXT)
             lines.extend(_modeq_line(a, b, y, p, (a * y + b) % p) + f", still x={x}" for y in range(x + 1, p))
             lines.append(f"only x={x}")
