@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import threading
@@ -18,7 +19,8 @@ import thinkctl.tasks
 from thinkctl.tasks.base import Problem
 from thinkctl.tasks.benchmarks import (BENCHMARK_TASKS, DATA_ENV_VAR, DEFAULT_INSTRUCTION, PROBLEM_FILES,
                                        DataNotFoundError, JsonlProblemsTask, answers_equivalent, canonical_answer,
-                                       extract_final_answer, find_data_dir, load_problems, problem_file)
+                                       _call_with_deadline, extract_final_answer, find_data_dir, load_problems,
+                                       problem_file)
 
 
 def _data_dir() -> Path:
@@ -421,3 +423,22 @@ def test_main_thread_alarm_state_is_restored() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_deadline_pauses_automatic_gc_and_restores_it() -> None:
+    """A deadline raised inside a gc callback would be unraisable; automatic gc is off while the deadline is armed."""
+    seen: list[bool] = []
+
+    def fn() -> bool:
+        seen.append(gc.isenabled())
+        return True
+
+    assert gc.isenabled()
+    assert _call_with_deadline(fn, 5.0) is True
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:  # a caller that had gc off keeps it off
+        assert _call_with_deadline(fn, 5.0) is True
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import logging
 import math
@@ -522,7 +523,9 @@ def _call_with_deadline(fn: Callable[[], bool], timeout_s: float) -> bool | None
     """Run ``fn`` in the main thread under a SIGALRM deadline; None when the deadline passed.
 
     A previous SIGALRM handler and a pending ITIMER_REAL timer (minus the time spent here) are restored. Python's
-    long-integer arithmetic checks for signals, so ``10**(10**10)`` is interrupted too.
+    long-integer arithmetic checks for signals, so ``10**(10**10)`` is interrupted too. Automatic garbage
+    collection is paused meanwhile: a deadline raised inside a gc callback cannot propagate (Python reports it as
+    unraisable and waits for the next alarm).
     """
     armed = [True]
 
@@ -531,6 +534,8 @@ def _call_with_deadline(fn: Callable[[], bool], timeout_s: float) -> bool | None
             raise _Deadline()
 
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     started = time.monotonic()
     # Re-fire every half second in case some library code swallowed the first _Deadline.
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.5)
@@ -546,6 +551,8 @@ def _call_with_deadline(fn: Callable[[], bool], timeout_s: float) -> bool | None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+        if gc_was_enabled:
+            gc.enable()
         if old_delay > 0:
             remaining = max(old_delay - (time.monotonic() - started), 1e-3)
             signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
