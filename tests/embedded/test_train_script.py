@@ -95,3 +95,21 @@ def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
     assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2 and cfg["batch_size"] == 4
     assert main(["train-embedded", "--tiny", "--out", str(tmp_path / "bad"), "--p-check", "1.5"]) == 2
     assert "p_check=1.5 must be a probability" in capsys.readouterr().err
+
+
+def test_epochs_reshuffle_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    # 24 examples at batch 8: three batches per epoch, so 8 steps cross two epoch boundaries
+    cfg = replace(TINY, n_problems=24, steps=8, checkpoint_every=4)
+    whole: list[float] = []
+    train(tmp_path / "a", cfg, progress=False, on_step=lambda s, loss: whole.append(loss))
+
+    def crash_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b", cfg, progress=False, on_step=crash_at_5)
+    resumed: list[float] = []
+    train(tmp_path / "b", cfg, progress=False, on_step=lambda s, loss: resumed.append(loss))
+    assert len(whole) == 8 and len(resumed) == 4  # steps 5..8, from the step-4 checkpoint (inside epoch 2)
+    assert resumed == pytest.approx(whole[4:], rel=1e-5)
