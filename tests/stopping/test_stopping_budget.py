@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from thinkctl.registry import UnknownNameError
 from thinkctl.stopping import BudgetForcing, DeadlineStopping
+from thinkctl.stopping.budget import MAX_LEADING_BLANKS
 
 HIGH, LOW = 10.0, 1.0
 
@@ -106,16 +107,39 @@ def test_forced_answer_is_non_blank_and_bounded(sim, tok):
     eos, nl, x = tok.eos_token_id, enc(tok, "\n")[0], enc(tok, "x")[0]
     bf = BudgetForcing(tok, max_tokens=0)
     out = run(sim, tok, bf, ["q<think>\n"], lambda r, gen: (eos, nl) if len(gen) < 30 else (eos, x))
-    # EOS and blank tokens cannot open the answer; the best remaining token (uniform 0 scores) is the first id
-    # that is not banned
-    text = tok.decode(strip_pad(out[0], tok.pad_token_id))
+    # EOS cannot open the answer; blanks may, MAX_LEADING_BLANKS times; then the best remaining token (uniform 0
+    # scores) is the first id that is neither EOS nor blank
+    row = strip_pad(out[0], tok.pad_token_id)
+    text = tok.decode(row)
     assert text.startswith("</think>\nFinal Answer:") and text.endswith("<eos>")
-    first = strip_pad(out[0], tok.pad_token_id)[len(enc(tok, "</think>\nFinal Answer:"))]
+    answer = row[len(enc(tok, "</think>\nFinal Answer:")):]
+    assert answer[:MAX_LEADING_BLANKS] == [nl] * MAX_LEADING_BLANKS
+    first = answer[MAX_LEADING_BLANKS]
     assert first not in (eos, nl, tok.pad_token_id) and tok.decode([first]).strip()
 
     bf = BudgetForcing(tok, max_tokens=2, max_answer_tokens=3)
     out = run(sim, tok, bf, ["q<think>\n"], lambda r, gen: (x, x))
     assert out[0] == enc(tok, "xx</think>\nFinal Answer:xxx") + [eos]
+
+
+def test_forced_answer_keeps_a_space_token_before_the_answer(sim, tok):
+    """A tokenizer that writes " 48" as " ", "4", "8" (the embedded model's does) keeps the model's own answer; a ban
+    on the blank made the embedded model answer "-48"."""
+    eos, sp, minus = tok.eos_token_id, enc(tok, " ")[0], enc(tok, "-")[0]
+    answer = enc(tok, " 48")
+    assert answer[0] == sp
+
+    def choose(r, gen):
+        k = len(gen) - len(enc(tok, "ab</think>\nFinal Answer:"))
+        if k < 0:
+            return enc(tok, "a")[0], minus
+        return (answer[k] if k < len(answer) else eos), minus
+
+    out = run(sim, tok, BudgetForcing(tok, max_tokens=2), ["q<think>\n"], choose)
+    assert tok.decode(strip_pad(out[0], tok.pad_token_id)) == "aa</think>\nFinal Answer: 48<eos>"
+    # with room for one answer token only, that token must have content: the blank is banned from the start
+    out = run(sim, tok, BudgetForcing(tok, max_tokens=2, max_answer_tokens=1), ["q<think>\n"], choose)
+    assert tok.decode(strip_pad(out[0], tok.pad_token_id)) == "aa</think>\nFinal Answer:-<eos>"
 
 
 def test_plain_model_without_markers(sim, tok_plain):

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--task", default="arith", help="task family")
     p.add_argument("--out", default="out/demo", help="output folder")
-    p.add_argument("--n", type=int, default=120, help="problems collected (split 50/25/25 train/calib/test)")
+    p.add_argument("--n", type=int, default=200,
+                   help="problems collected (split 50/25/25 train/calib/test; 45 calib problems are the fewest that can "
+                        "certify the default epsilon of 0.05)")
     p.add_argument("--samples", type=int, default=4, help="generations per problem in the traces (first greedy)")
     p.add_argument("--seed", type=int, default=2000, help="problem, split and sampling seed")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (traces and controller)")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.traces import CollectConfig, collect
 
     if args.n < 16:
-        raise ValueError(f"--n={args.n} is too small for a train/calib/test split; use at least 16 (default 160)")
+        raise ValueError(f"--n={args.n} is too small for a train/calib/test split; use at least 16 (default 200)")
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_ANSWER_TOKENS = 16
 #: Whitespace strings that may not be the first token of a forced answer (the answer must have content).
 _BLANK_STRINGS: tuple[str, ...] = (" ", "  ", "\n", "\n\n", " \n", "\t")
+#: Blank tokens a forced answer may open with (``Final Answer:`` then a space that some tokenizers, the embedded
+#: model's among them, write as a token of its own); after them the answer's next token must have content.
+MAX_LEADING_BLANKS = 2
 
 
 def _trigger_argmax(scores: torch.Tensor, rows: list[int], ends: list[list[int]],
@@ -74,7 +77,8 @@ class BudgetForcing(LogitsProcessor):
       token by token (every other logit set to ``-inf``);
     * at ``max_tokens`` thinking tokens (or when a stop rule fires, once ``min_tokens`` is reached), the marker
       ``think_end``, then ``separator + answer_text`` (``"</think>\\nFinal Answer:"``) are injected token by token;
-      the forced answer then gets at least one non-blank token and at most ``max_answer_tokens`` tokens, after which
+      the forced answer then gets a non-blank token within its first few (:data:`MAX_LEADING_BLANKS` blanks may
+      come first) and at most ``max_answer_tokens`` tokens, after which
       EOS is forced. A forced stop therefore always ends with an extractable ``Final Answer: X``.
 
     Thinking tokens are counted as in :class:`~thinkctl.stopping.ThinkingTracker` (after the prompt, after a
@@ -229,17 +233,24 @@ class BudgetForcing(LogitsProcessor):
 
         self._eos_ids = list(dict.fromkeys(eos))
 
-        # tokens that may not open a forced answer: EOS, pad, the first piece of a marker, blank tokens
+        # tokens that may not come before a forced answer's first content token: EOS, pad, the first piece of a
+        # marker; blank tokens are allowed MAX_LEADING_BLANKS times (banning them outright turned the embedded
+        # model's " 48" into "-48": its space is a token of its own)
         first_ban = set(eos)
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is not None:
             first_ban.add(int(pad))
         first_ban.update(v[0] for v in self._tracker.end_variants + self._tracker.start_variants)
+        blanks = set()
         for blank in _BLANK_STRINGS:
             ids = tokenizer.encode(blank, add_special_tokens=False)
             if len(ids) == 1:
-                first_ban.add(int(ids[0]))
-        self._first_ban = sorted(first_ban)
+                blanks.add(int(ids[0]))
+        self._first_ban = sorted(first_ban - blanks)
+        self._blank_ids = frozenset(blanks)
+        self._blank_ban = sorted(first_ban | blanks)
+        # the answer's last allowed token (max_answer_tokens) must have content if none came before it
+        self._leading_blanks = min(MAX_LEADING_BLANKS, self.max_answer_tokens - 1)
         # a model never writes padding; banning it makes "pad seen" mean "generate finished this row"
         self._pad = int(pad) if pad is not None and int(pad) not in eos else None
         self._id_tensors: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
@@ -252,6 +263,7 @@ class BudgetForcing(LogitsProcessor):
         self._f_pos = [0] * b  # position in it
         self._forced_answer = [False] * b  # the forced answer prefix has been written
         self._answer_free = [0] * b  # free answer tokens since then
+        self._answer_content = [False] * b  # one of them was not blank
         self._closed = [False] * b  # thinking ended by force
         self._think_at_close = [0] * b
         self._reason = [0] * b
@@ -307,6 +319,8 @@ class BudgetForcing(LogitsProcessor):
             if seq == _NONE:
                 if self._forced_answer[r] and not done[r]:
                     self._answer_free[r] += 1
+                    if tail[-1] not in self._blank_ids:
+                        self._answer_content[r] = True
                 continue
             expected = self._seqs[seq][self._f_pos[r]]
             if tail[-1] != expected:  # generate padded a row another criterion finished
@@ -409,12 +423,14 @@ class BudgetForcing(LogitsProcessor):
                     else:
                         self._force(r, _STOP, _REASON_EOS, n[r])
 
-        # 4. the first token of a forced answer must have content
+        # 4. a forced answer must have content: no end before its first non-blank token, and at most
+        #    MAX_LEADING_BLANKS blank tokens before it
         if any_answer:
             for r in range(b):
                 if (phase[r] != done_phase and f_seq[r] == _NONE and forced_answer[r]
-                        and self._answer_free[r] == 0):
-                    bans.setdefault(r, []).extend(self._first_ban)
+                        and not self._answer_content[r]):
+                    ban = self._first_ban if self._answer_free[r] < self._leading_blanks else self._blank_ban
+                    bans.setdefault(r, []).extend(ban)
 
         # 5. apply. Padding is never generated (banned in every row: generate overwrites finished rows anyway).
         #    The usual step bans the same tokens in every row: one addition of a cached (vocab,) vector of 0 / -inf
