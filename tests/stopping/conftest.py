@@ -195,7 +195,8 @@ def check_budget_properties(tokenizer, bf, gen_rows, min_tokens, max_tokens, max
             rest = answer[len(prefix):]
             assert len(rest) >= 2 and rest[-1] == eos, tokenizer.decode(gen)  # >= 1 answer token, then EOS
             # content within the first MAX_LEADING_BLANKS + 1 answer tokens (blanks may come first)
-            content = [k for k, t in enumerate(rest[:-1]) if tokenizer.decode([t]).strip() not in ("", "<eos>", "<pad>")]
+            content = [k for k, t in enumerate(rest[:-1])
+                       if tokenizer.decode([t]).strip() not in ("", "<eos>", "<pad>")]
             assert content and content[0] <= MAX_LEADING_BLANKS, tokenizer.decode(gen)
             assert all(not tokenizer.decode([t]).strip() for t in rest[:content[0]])
             assert len(rest) - 1 <= max_answer_tokens

@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="arith", help="task family")
     p.add_argument("--out", default="out/demo", help="output folder")
     p.add_argument("--n", type=int, default=200,
-                   help="problems collected (split 50/25/25 train/calib/test; 45 calib problems are the fewest that can "
-                        "certify the default epsilon of 0.05)")
+                   help="problems collected (split 50/25/25 train/calib/test; 45 calib problems are the fewest "
+                        "that can certify the default epsilon of 0.05)")
     p.add_argument("--samples", type=int, default=4, help="generations per problem in the traces (first greedy)")
     p.add_argument("--seed", type=int, default=2000, help="problem, split and sampling seed")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (traces and controller)")

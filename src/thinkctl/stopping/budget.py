@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 #: Answer tokens a forced answer may take before EOS is forced. Not from s1 (which leaves the answer unbounded);
 #: the answers of thinkctl's tasks fit in a few tokens, and a bound guarantees that every forced stop terminates.
 DEFAULT_MAX_ANSWER_TOKENS = 16
-#: Whitespace strings that may not be the first token of a forced answer (the answer must have content).
+#: Whitespace strings that are not content: a forced answer may open with a few of them, never end on them.
 _BLANK_STRINGS: tuple[str, ...] = (" ", "  ", "\n", "\n\n", " \n", "\t")
 #: Blank tokens a forced answer may open with (``Final Answer:`` then a space that some tokenizers, the embedded
 #: model's among them, write as a token of its own); after them the answer's next token must have content.
@@ -424,7 +424,7 @@ class BudgetForcing(LogitsProcessor):
                         self._force(r, _STOP, _REASON_EOS, n[r])
 
         # 4. a forced answer must have content: no end before its first non-blank token, and at most
-        #    MAX_LEADING_BLANKS blank tokens before it
+        #    _leading_blanks blank tokens before it (MAX_LEADING_BLANKS, fewer when max_answer_tokens is tiny)
         if any_answer:
             for r in range(b):
                 if (phase[r] != done_phase and f_seq[r] == _NONE and forced_answer[r]
