@@ -34,10 +34,11 @@ def test_report_has_every_measure_for_every_family(tiny_model):
     rep = gym_report(model, tok, cfg, progress=False)
     for name in cfg.tasks:
         fam = rep["families"][name]
-        assert fam["n_problems"] == 12
+        n_levels = len(fam["levels"])
+        assert fam["n_problems"] == n_levels * -(-12 // n_levels)  # at least n, the same number per level
         assert set(fam["forced"]) == {str(f) for f in cfg.fractions}
         voted = fam["targets"]["2_vote_gain_middle_levels_ge_0.05"]["levels"]
-        assert voted == ["3", "4"]
+        assert voted == (["3", "4"] if n_levels == 6 else ["3", "4", "5"])
         for lvl in fam["levels"]:
             row = fam["by_level"][lvl]
             assert {"greedy", "forced"} <= set(row)

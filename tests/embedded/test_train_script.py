@@ -9,7 +9,9 @@ import torch
 
 from thinkctl.embedded import load_embedded
 from thinkctl.embedded.tokenizer import render_chat
-from thinkctl.embedded.train import ModelShape, TrainConfig, build_examples, encode_examples, train
+from thinkctl.embedded.train import (HELD_OUT_LEVELS, ModelShape, TrainConfig, build_examples, encode_examples, train,
+                                     trained_levels)
+from thinkctl.tasks import get as get_task
 
 TINY = TrainConfig(n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300, checkpoint_every=2,
                    shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
@@ -23,6 +25,14 @@ def test_examples_are_deterministic_for_a_seed():
     assert [e.prompt for e in a] != [e.prompt for e in c]
     forced = sum(e.forced for e in a) / len(a)
     assert 0.1 < forced < 0.4  # about forced_fraction=0.25
+
+
+def test_held_out_levels_never_reach_the_training_data():
+    assert HELD_OUT_LEVELS == {"modeq": (7,)} and trained_levels("modeq") == [1, 2, 3, 4, 5, 6]
+    assert trained_levels("arith") == list(get_task("arith").levels)
+    prompts = [e.prompt for e in build_examples(replace(TINY, n_problems=1200))]
+    assert not any("(mod 19)" in p for p in prompts)
+    assert sum("(mod 17)" in p for p in prompts) == 1200 // 12  # each trained level gets its even share
 
 
 def test_forced_examples_train_only_on_the_answer(tmp_path):

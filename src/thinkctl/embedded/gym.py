@@ -84,11 +84,20 @@ def _majority(answers: Sequence[str | None]) -> str | None:
 
 
 def _middle(levels: Sequence[Any]) -> list[Any]:
-    """The middle levels: the central two of an even count >= 4, else the central one."""
+    """The middle levels: the central two of an even count >= 4, the central three of an odd count >= 5, else the
+    central one."""
     levels = list(levels)
-    if len(levels) >= 4 and len(levels) % 2 == 0:
-        return levels[len(levels) // 2 - 1: len(levels) // 2 + 1]
-    return [levels[len(levels) // 2]]
+    n, mid = len(levels), len(levels) // 2
+    if n >= 4 and n % 2 == 0:
+        return levels[mid - 1: mid + 1]
+    if n >= 5:
+        return levels[mid - 1: mid + 2]
+    return [levels[mid]]
+
+
+def _per_level(n: int, levels: Sequence[Any]) -> int:
+    """Problems per level so that all levels together hold at least ``n``."""
+    return max(1, -(-n // max(1, len(levels))))
 
 
 def _right(task: Task, problem: Problem, answer: str | None) -> bool:
@@ -97,7 +106,7 @@ def _right(task: Task, problem: Problem, answer: str | None) -> bool:
 
 def _problems(task: Task, cfg: GymConfig) -> list[Problem]:
     levels = task.levels or (None,)
-    per = max(1, cfg.n // len(levels))
+    per = _per_level(cfg.n, levels)
     out: list[Problem] = []
     for level in levels:
         out += task.sample(per, seed=cfg.seed, level=level)
@@ -224,9 +233,12 @@ def gym_report(model: Any, tokenizer: Any, cfg: GymConfig = GymConfig(), *, mode
 
     fmt = reasoning_format(tokenizer)
     tasks = [get_task(t) for t in cfg.tasks]
-    per_family = sum(max(1, cfg.n // max(1, len(t.levels))) * max(1, len(t.levels)) for t in tasks)
-    vote_share = 1.0 if cfg.vote_levels == "all" else 2 / 6
-    total = int(per_family * (2 + cfg.samples * vote_share + len(cfg.fractions)))
+    total = 0
+    for t in tasks:
+        levels = list(t.levels) or [None]
+        voted = len(levels) if cfg.vote_levels == "all" else len(_middle(levels))
+        per = _per_level(cfg.n, levels)
+        total += per * (len(levels) * (2 + len(cfg.fractions)) + voted * cfg.samples)
     families: dict[str, Any] = {}
     with tqdm(total=total, disable=not progress, desc="gym-report", unit="gen") as bar:
         for task in tasks:

@@ -4,7 +4,8 @@ Structurally unlike ``arith``: the chain of thought is a search whose length is 
 model tries ``x = 0, 1, 2, ...``, computing ``a*x+b`` and its residue modulo ``p`` on each line, until the
 residue equals ``c``. Each line is verifiable on its own; a wrong residue either misses the solution (the
 search overshoots) or claims a false one. The level sets the prime ``p``, which sets both the length of the
-search and the size of the numbers reduced.
+search and the size of the numbers reduced. The embedded model trains on levels 1-6 only: level 7 (p = 19) is
+beyond its training, where a search line ``x=17`` is one it has never written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from thinkctl.tasks.base import Problem, Task, extract_marked_answer, register
 __all__ = ["ModEqTask", "MODEQ_PRIMES"]
 
 #: Prime modulus of each level.
-MODEQ_PRIMES: dict[int, int] = {1: 3, 2: 5, 3: 7, 4: 11, 5: 13, 6: 17}
+MODEQ_PRIMES: dict[int, int] = {1: 3, 2: 5, 3: 7, 4: 11, 5: 13, 6: 17, 7: 19}
 
 _INT_RE = re.compile(r"-?\d+")
 _PROMPT_RE = re.compile(r"Solve (\d+)x \+ (\d+) = (\d+) \(mod (\d+)\)")
@@ -27,7 +28,7 @@ _PROMPT_RE = re.compile(r"Solve (\d+)x \+ (\d+) = (\d+) \(mod (\d+)\)")
 
 @register("modeq")
 class ModEqTask(Task):
-    """Linear congruences ``a*x + b = c (mod p)`` with a unique solution ``x`` in ``0..p-1``, levels 1 to 6.
+    """Linear congruences ``a*x + b = c (mod p)`` with a unique solution ``x`` in ``0..p-1``, levels 1 to 7.
 
     ``Problem.features`` holds ``p``, ``a``, ``b``, ``c`` and ``digits_p``.
     """
