@@ -9,7 +9,7 @@ import pytest
 
 from thinkctl.cli import main
 from thinkctl.embedded import load_embedded
-from thinkctl.embedded.gym import GymConfig, _majority, gym_report
+from thinkctl.embedded.gym import GymConfig, _majority, _middle, _per_level, gym_report
 from thinkctl.embedded.train import ModelShape, TrainConfig, train
 
 TINY = TrainConfig(n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
@@ -26,6 +26,17 @@ def test_majority_vote_breaks_ties_by_first_seen():
     assert _majority(["3", "4", "4", "3"]) == "3"
     assert _majority([None, "7", None]) == "7"
     assert _majority([None, None]) is None
+
+
+@pytest.mark.parametrize("n_levels, middle", [(1, [1]), (3, [2]), (4, [2, 3]), (5, [2, 3, 4]), (6, [3, 4]),
+                                               (7, [3, 4, 5])])
+def test_middle_levels(n_levels, middle):
+    assert _middle(list(range(1, n_levels + 1))) == middle
+
+
+def test_every_level_gets_the_same_count_and_all_together_at_least_n():
+    assert _per_level(300, range(6)) == 50 and _per_level(300, range(7)) == 43  # 301 >= 300
+    assert _per_level(5, range(7)) == 1 and _per_level(10, ()) == 10
 
 
 def test_report_has_every_measure_for_every_family(tiny_model):
