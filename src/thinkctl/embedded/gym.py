@@ -42,7 +42,7 @@ class GymConfig:
     """
 
     seed: int = 1000
-    n: int = 300                                   # problems per family, spread evenly over its levels
+    n: int = 300                                   # problems per family: at least n, the same number per level
     tasks: tuple[str, ...] = ("arith", "modeq")
     samples: int = 16                              # samples per problem for the vote
     temperature: float = 1.0
