@@ -17,7 +17,8 @@ DESCRIPTION = __doc__
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--seed", type=int, default=1000, help="problem seed (never one used in training)")
-    p.add_argument("--n", type=int, default=300, help="problems per task family (at least; the same number at every level)")
+    p.add_argument("--n", type=int, default=300,
+                   help="problems per task family (at least; the same number at every level)")
     p.add_argument("--samples", type=int, default=16, help="samples per problem for the majority vote")
     p.add_argument("--vote-levels", choices=["middle", "all"], default="middle",
                    help="levels on which to sample for the vote (the target reads the middle levels)")
