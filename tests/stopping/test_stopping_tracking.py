@@ -6,6 +6,8 @@ import inspect
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thinkctl.stopping import BudgetForcing, ThinkingTracker, ThoughtSwitchPenalty
 from thinkctl.stopping.tracking import (encode_text, ends_with, last_positions, marker_variants,
@@ -145,16 +147,21 @@ def test_prompt_one_token_longer_is_a_new_generation_but_passed_back_output_cont
     assert tr.update(out) is False and tr.think_tokens == [4]
 
 
-def test_precomputed_call_signature_is_what_logits_processor_list_reads():
-    for cls in (BudgetForcing, ThoughtSwitchPenalty):
-        assert "__signature__" in vars(cls.__call__)
-        bound = inspect.signature(cls.__call__.__get__(object.__new__(cls)))
-        assert list(bound.parameters) == ["input_ids", "scores"]  # the 2 arguments LogitsProcessorList passes
+def test_precomputed_call_signature_is_what_logits_processor_list_reads(tok):
+    for proc in (BudgetForcing(tok, max_tokens=4), ThoughtSwitchPenalty(tok, alpha=1.0, beta=4)):
+        sig = inspect.signature(proc.__call__)
+        assert list(sig.parameters) == ["input_ids", "scores"]  # the 2 arguments LogitsProcessorList passes
+        assert inspect.signature(proc.__call__) is sig  # stored once, not derived again at every step
+        ids, scores = torch.tensor([[1, 2]]), torch.zeros(1, len(tok))
+        assert torch.equal(proc.__call__(ids, scores), type(proc).__call__(proc, ids, scores))
 
     @precomputed_call_signature
     class Base:
+        def __init__(self, offset=0.0):
+            self.offset = offset
+
         def __call__(self, input_ids, scores):
-            return scores
+            return scores + self.offset
 
     class Extra(Base):  # an override keeps its own signature
         def __call__(self, input_ids, scores, cur_len=0):
@@ -162,3 +169,39 @@ def test_precomputed_call_signature_is_what_logits_processor_list_reads():
 
     assert list(inspect.signature(Base().__call__).parameters) == ["input_ids", "scores"]
     assert list(inspect.signature(Extra().__call__).parameters) == ["input_ids", "scores", "cur_len"]
+    assert Base(offset=2.0)(None, 1.0) == 3.0 and Base(offset=2.0).__call__(None, 1.0) == 3.0
+
+
+class _NeverDisjoint(frozenset):
+    """A watch set that sends every step down the per-row path of ThinkingTracker._advance."""
+
+    def isdisjoint(self, other):
+        return False
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), pieces=st.booleans(), batch=st.integers(1, 4))
+def test_usual_step_shortcut_counts_exactly_as_the_per_row_path(tok, tok_pieces, data, pieces, batch):
+    tokenizer = tok_pieces if pieces else tok
+    texts = ["a", "b", " ", "\n", "<think>", "</think>", "<eos>", "7"]
+    alphabet = sorted({i for t in texts for i in ids(tokenizer, t)})
+    plain = [i for i in alphabet if i not in ids(tokenizer, "<think></think><eos>")]
+    # mostly plain tokens (the shortcut), with markers and EOS now and then (the per-row path)
+    choice = st.one_of(st.sampled_from(plain), st.sampled_from(plain), st.sampled_from(alphabet))
+    new = [data.draw(st.lists(choice, min_size=12, max_size=12)) for _ in range(batch)]
+    # rows that start thinking, and (when drawn) one that starts answering
+    answering = data.draw(st.booleans())
+    prompts = [ids(tokenizer, "q<think>\n")] * batch
+    if answering:
+        prompts[-1] = ids(tokenizer, "zz<think>\n</think>\n")
+    fast, slow = ThinkingTracker(tokenizer), ThinkingTracker(tokenizer)
+    slow._watch = _NeverDisjoint(slow._watch)
+    width = max(len(r) for r in prompts)
+    x = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in prompts])
+    for step in range(13):
+        if step:
+            x = torch.cat([x, torch.tensor([row[step - 1] for row in new])[:, None]], dim=1)
+        assert fast.update(x) == slow.update(x) == (step == 0)
+        for name in ("phase", "think_tokens", "answer_tokens", "generated_tokens", "seen_start"):
+            assert getattr(fast, name) == getattr(slow, name), (name, step)
+        assert fast.newest_tokens == x[:, -1].tolist()

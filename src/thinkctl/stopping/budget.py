@@ -9,7 +9,6 @@ answers, a deadline) the same way, so every forced stop yields an extractable an
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Callable, Sequence
 
@@ -255,6 +254,7 @@ class BudgetForcing(LogitsProcessor):
         self._pad = int(pad) if pad is not None and int(pad) not in eos else None
         self._id_tensors: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._ban_vectors: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._pad_vector: torch.Tensor | None = None
         self._init_state(0)
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -366,6 +366,8 @@ class BudgetForcing(LogitsProcessor):
             f_seq, forced_answer = self._f_seq, self._forced_answer
             for rule in self.stop_rules:
                 rule.begin(input_ids)
+            # the pad ban of every step of this generation (scores keep their vocabulary, dtype and device)
+            self._pad_vector = None if self._pad is None else self._ban_vector((self._pad,), scores)
         elif f_seq.count(_NONE) != b or True in forced_answer:  # nothing to account for on a free step
             self._advance(tails)
 
@@ -375,6 +377,8 @@ class BudgetForcing(LogitsProcessor):
         thinking_phase = tracker.THINKING
         if True in self._closed:
             thinking = [p == thinking_phase and not c for p, c in zip(phase, self._closed)]
+        elif phase.count(thinking_phase) == b:
+            thinking = [True] * b
         else:
             thinking = [p == thinking_phase for p in phase]
 
@@ -383,7 +387,7 @@ class BudgetForcing(LogitsProcessor):
             for r in range(b):
                 if thinking[r] and f_seq[r] != _STOP and n[r] >= self.max_tokens:
                     self._force(r, _STOP, _REASON_MAX, n[r])
-        newest = [t[-1] for t in tails] if self.stop_rules else None
+        newest = tracker.newest_tokens
         for i, rule in enumerate(self.stop_rules):
             fired = rule.update(input_ids, scores, thinking, n, newest=newest)
             if True in fired:
@@ -437,7 +441,7 @@ class BudgetForcing(LogitsProcessor):
         #    then makes the new scores; otherwise per-row bans are grouped by token set. Forced rows last.
         any_forced = f_seq.count(_NONE) != b
         if not bans and not any_forced:
-            return scores if self._pad is None else scores + self._ban_vector((self._pad,), scores)
+            return scores if self._pad_vector is None else scores + self._pad_vector
         forced_rows = [r for r in range(b) if f_seq[r] != _NONE] if any_forced else []
         if self._pad is not None:
             for r in range(b):
@@ -472,8 +476,3 @@ class BudgetForcing(LogitsProcessor):
         return (f"BudgetForcing(min_tokens={self.min_tokens}, max_tokens={self.max_tokens}, "
                 f"wait_text={self.wait_text!r}, answer_text={self.answer_text!r}, think_end={self.think_end!r}, "
                 f"max_answer_tokens={self.max_answer_tokens}, stop_rules={self.stop_rules!r})")
-
-
-# transformers' LogitsProcessorList calls inspect.signature(processor.__call__) at every decoding step; giving the
-# function the __signature__ inspect would compute anyway (PEP 362) makes that lookup about three times cheaper.
-BudgetForcing.__call__.__signature__ = inspect.signature(BudgetForcing.__call__)  # type: ignore[attr-defined]

@@ -181,10 +181,11 @@ def _due(n_tokens: Sequence[int], thinking: Sequence[bool], stop: Sequence[bool]
     ``every`` thinking tokens, at a count listed in ``at``, or right after a delimiter token (``newest`` holds each
     row's newest token)."""
     lo = max(1, min_tokens)
-    return [r for r, (th, n) in enumerate(zip(thinking, n_tokens))
-            if th and n >= lo and not stop[r]
-            and ((every is not None and n % every == 0) or n in at
-                 or (newest is not None and newest[r] in delimiter_ids))]
+    rows = [r for r, (th, n, s) in enumerate(zip(thinking, n_tokens, stop)) if th and n >= lo and not s]
+    if every == 1:
+        return rows
+    return [r for r in rows if (every is not None and n_tokens[r] % every == 0) or n_tokens[r] in at
+            or (newest is not None and newest[r] in delimiter_ids)]
 
 
 def _check_schedule(at: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -335,6 +336,7 @@ class ProbeStopping(StopRule):
             raise ValueError(f"layer={layer!r} needs a tap built with final_norm=True")
         self.tap = tap
         self.predictor = predictor
+        self._key = layer if layer == FINAL_NORM else layer % tap.n_layers  # the tap's key of the layer
         self.threshold = threshold
         self.every = every
         self.at = schedule
@@ -381,21 +383,22 @@ class ProbeStopping(StopRule):
         -------
         torch.FloatTensor of shape (B,), on ``hidden``'s device.
         """
-        x = hidden if hidden.dtype == torch.float32 else hidden.float()
+        return self._probabilities(hidden).to(device=hidden.device, dtype=torch.float32)
+
+    def _probabilities(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The predictor's probabilities for ``hidden`` as a (B,) tensor, on whatever device and in whatever float
+        dtype the predictor returned them (a probe step copies them to the host as they are)."""
+        x = hidden if hidden.dtype is torch.float32 else hidden.float()
         if callable(self.predictor):
             out: Any = self.predictor(x)
         else:  # an estimator that is not callable: scikit-learn's predict_proba on numpy
             out = self.predictor.predict_proba(x.cpu().numpy())
         p = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
-        if p.device != hidden.device or p.dtype != torch.float32:
-            p = p.to(device=hidden.device, dtype=torch.float32)
-        if p.ndim == 2 and p.shape[1] == 2:
-            p = p[:, 1]
         if p.ndim != 1:
-            p = p.reshape(-1)
+            p = p[:, 1] if p.ndim == 2 and p.shape[1] == 2 else p.reshape(-1)
         if p.shape[0] != hidden.shape[0]:
-            raise ValueError(f"predictor returned {tuple(p.shape)} for {hidden.shape[0]} hidden states; "
-                             "it must map (B, hidden) to (B,) probabilities")
+            raise ValueError(f"predictor returned {tuple(out.shape) if hasattr(out, 'shape') else out!r} for "
+                             f"{hidden.shape[0]} hidden states; it must map (B, hidden) to (B,) probabilities")
         return p
 
     def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
@@ -407,17 +410,20 @@ class ProbeStopping(StopRule):
                    delimiter_ids=self._delims, newest=newest)
         if not due:
             return fire
-        hidden = self.tap.get(self.layer)  # (B, hidden)
+        hidden = self.tap.latest.get(self._key)  # (B, hidden)
+        if hidden is None:
+            hidden = self.tap.get(self.layer)  # raises: the tap has not seen a forward pass
         if hidden.shape[0] != b:
             raise RuntimeError(f"the tap holds states for {hidden.shape[0]} rows but generate runs "
                                f"{b}; is the tap attached to the model that generates?")
-        conf = self.predict(hidden).tolist()  # the one device-to-host copy, on probe steps only
+        conf = self._probabilities(hidden).tolist()  # the one device-to-host copy, on probe steps only
         threshold = self.threshold
+        confidence, probes, history = self._confidence, self._probes, self.history
         for r in due:
-            c, n = conf[r], n_tokens[r]
-            self._confidence[r] = c
-            self._probes[r] += 1
-            self.history[r].append((n, c))
+            c, n = float(conf[r]), n_tokens[r]
+            confidence[r] = c
+            probes[r] += 1
+            history[r].append((n, c))
             if threshold is not None and c >= threshold:
                 fire[r] = True
                 self._fired_at[r] = n

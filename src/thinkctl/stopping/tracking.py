@@ -15,6 +15,7 @@ generated text.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any, Sequence, TypeVar
@@ -38,16 +39,29 @@ _T = TypeVar("_T", bound=type)
 
 
 def precomputed_call_signature(cls: _T) -> _T:
-    """Class decorator for logits processors: store the signature of ``cls.__call__`` on the function once.
+    """Class decorator for logits processors: make transformers' per-step signature lookup nearly free.
 
     transformers' ``LogitsProcessorList`` calls ``inspect.signature(processor.__call__)`` for every processor at
-    every decoding step, to decide whether to pass extra keyword arguments; parsing a signature costs ~25 us, close to
-    1 % of a decoding step of a small model on a CPU. With ``__signature__`` set, ``inspect`` reads it instead
-    (~6 us). A subclass that overrides ``__call__`` gets the ordinary, parsed signature.
+    every decoding step, to decide whether to pass extra keyword arguments. For a bound method ``inspect`` derives
+    the signature anew each time: measured inside the decoding loop of the embedded model on a CPU, 22-28 us per
+    step (2 % of a step), 10-16 us with ``__signature__`` stored on the function. After ``__init__``, the decorated
+    class's instances carry an instance attribute ``__call__``: a ``functools.partial`` of the class's
+    ``__call__`` holding its precomputed ``__signature__``, which ``inspect`` returns as is (about 8 us in the loop,
+    under 1 us in isolation). Calling the processor is unchanged (Python looks ``__call__`` up on the class), and
+    ``processor.__call__(...)`` calls the same method. A subclass gets its own ``__call__``'s signature.
     """
-    call = cls.__dict__["__call__"]
-    call.__signature__ = inspect.signature(call)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        call = functools.partial(type(self).__call__, self)
+        call.__signature__ = inspect.signature(call)  # type: ignore[attr-defined]  # bound: no self
+        self.__call__ = call
+
+    cls.__init__ = __init__  # type: ignore[misc]
     return cls
+
 
 #: Prefixes under which a marker commonly appears inside generated text (after a word or at a line start).
 #: BPE tokenizers tokenize ``" </think>"`` differently from ``"</think>"``; each prefix gives one more variant.
@@ -283,6 +297,7 @@ class ThinkingTracker:
         """Forget the current generation; the next :meth:`update` starts a new one."""
         self._last_len: int | None = None
         self._prev_tails: list[list[int]] = []
+        self._newest: list[int] = []
         self.batch_size = 0
         self.prompt_length = 0
         self.phase: list[int] = []
@@ -304,7 +319,7 @@ class ThinkingTracker:
     @property
     def newest_tokens(self) -> list[int]:
         """Per row: the newest token of the ``input_ids`` seen by the last :meth:`update` (empty before one)."""
-        return [t[-1] for t in self._prev_tails]
+        return self._newest
 
     def is_new_generation(self, input_ids: torch.Tensor, tails: list[list[int]] | None = None) -> bool:
         """Whether ``input_ids`` starts a new generation rather than continuing the current one.
@@ -322,11 +337,13 @@ class ThinkingTracker:
             return False
         # every row of a tail has the same length (a column slice of one tensor), so the overlap with the previous
         # tails is the same for all rows: compare all rows at once
-        k = min(len(tails[0]) - 1, len(prev[0]))
+        width, prev_width = len(tails[0]), len(prev[0])
+        if width == prev_width:  # the usual step: both tails are a full window
+            return [c[:-1] for c in tails] != [p[1:] for p in prev]
+        k = min(width - 1, prev_width)
         if k <= 0:
             return False
-        end, off = len(tails[0]) - 1, len(prev[0]) - k
-        return [c[end - k:end] for c in tails] != [p[off:] for p in prev]
+        return [c[width - 1 - k:-1] for c in tails] != [p[prev_width - k:] for p in prev]
 
     def tails(self, input_ids: torch.Tensor) -> list[list[int]]:
         """The last :attr:`window` tokens of every row, on the host (one small device-to-host copy)."""
@@ -350,6 +367,7 @@ class ThinkingTracker:
         if tails is None:
             tails = self.tails(input_ids)
         new = self.is_new_generation(input_ids, tails)
+        self._newest = [t[-1] for t in tails]
         if new:
             prompt = input_ids[:, :-1] if self.includes_new_token else input_ids
             self._begin(prompt)
@@ -373,6 +391,11 @@ class ThinkingTracker:
 
     def _advance(self, tails: list[list[int]]) -> None:
         phase, stop = self.phase, self.stop_ids
+        if self._watch.isdisjoint(self._newest) and phase.count(self.THINKING) == len(phase):
+            # the usual step: every row thinking, no marker or stop token among the newest tokens
+            self.think_tokens = [n + 1 for n in self.think_tokens]
+            self.generated_tokens = [n + 1 for n in self.generated_tokens]
+            return
         think, answer, generated = self.think_tokens, self.answer_tokens, self.generated_tokens
         start_single, start_multi = self._start_single, self._start_multi
         end_single, end_multi = self._end_single, self._end_multi
