@@ -8,7 +8,8 @@ stored as BudgetForcing's, plus an empty hook) with the garbage collector off; t
 per-repeat ratio come with bootstrap 95 % intervals, and a verdict against the target (on the per-repeat ratio) says
 "inconclusive" when the interval straddles it. All variants must generate identical sequences (so the same number of
 decoding steps): ``same_tokens`` and the step counts of each variant are in the result. It also checks that the memory
-the hooks hold does not grow with the generated length. A benchmark, not a test: figures go to the JSON file given with ``--json``.
+the hooks hold does not grow with the generated length. A benchmark, not a test: figures go to the JSON file given
+with ``--json``.
 """
 
 from __future__ import annotations
