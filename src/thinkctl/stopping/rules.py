@@ -417,16 +417,23 @@ class ProbeStopping(StopRule):
             raise RuntimeError(f"the tap holds states for {hidden.shape[0]} rows but generate runs "
                                f"{b}; is the tap attached to the model that generates?")
         conf = self._probabilities(hidden).tolist()  # the one device-to-host copy, on probe steps only
+        if len(due) == b:  # every row probed (every=1, or rows in step): whole-batch bookkeeping
+            self._confidence = conf
+            self._probes = [k + 1 for k in self._probes]
+            for h, n, c in zip(self.history, n_tokens, conf):
+                h.append((n, c))
+        else:
+            confidence, probes, history = self._confidence, self._probes, self.history
+            for r in due:
+                confidence[r] = conf[r]
+                probes[r] += 1
+                history[r].append((n_tokens[r], conf[r]))
         threshold = self.threshold
-        confidence, probes, history = self._confidence, self._probes, self.history
-        for r in due:
-            c, n = float(conf[r]), n_tokens[r]
-            confidence[r] = c
-            probes[r] += 1
-            history[r].append((n, c))
-            if threshold is not None and c >= threshold:
-                fire[r] = True
-                self._fired_at[r] = n
+        if threshold is not None:
+            for r in due:
+                if conf[r] >= threshold:
+                    fire[r] = True
+                    self._fired_at[r] = n_tokens[r]
         return fire
 
 
