@@ -54,6 +54,9 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     assert data["in_hook_fraction"] == pytest.approx(
         (data["processor_s_per_step"] + data["tap_hook_s_per_step"]) / data["plain_s_per_step"])
     assert data["probes_per_row"] == [7, 7, 7]  # every token after the first (probing every token)
+    assert 0 < data["predictor_s_per_step"]
+    assert data["thinkctl_processor_s_per_step"] == pytest.approx(
+        data["processor_s_per_step"] - data["predictor_s_per_step"])
     # the tap holds one (B, hidden) float32 tensor whatever the generated length
     assert data["tap_bytes_by_length"] == {"4": 3 * 32 * 4, "8": 3 * 32 * 4}
     assert data["probe_history_pairs_by_length"] == {"4": 3 * 3, "8": 3 * 7}  # one pair per probe

@@ -160,7 +160,9 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         runs (``plain_runs_s[i]`` and ``hooked_runs_s[i]`` are neighbours), ``pair_ratio_median`` (median of the
         ratios of neighbouring runs), ``cpu_ratio`` (the same with process CPU time, less sensitive to other load on
         the machine), ``processor_s_per_step`` (time inside the logits processor per decoding step, median of
-        :data:`IN_HOOK_TIMING_RUNS` runs), ``tap_hook_s_per_step``, ``in_hook_fraction`` (time inside all hooks per
+        :data:`IN_HOOK_TIMING_RUNS` runs), ``predictor_s_per_step`` (of which the benchmark's predictor, the user's
+        model, timed in runs of its own) and ``thinkctl_processor_s_per_step`` (the difference: thinkctl's own work in
+        the processor), ``tap_hook_s_per_step``, ``in_hook_fraction`` (time inside all hooks per
         step over the plain time per step: the overhead free of the run-to-run noise of wall-clock ratios on a
         shared machine), ``same_tokens`` (both variants generated identical sequences in every run),
         ``decoding_steps`` (per variant; equal when ``same_tokens``), token counts and memory figures:
@@ -281,7 +283,6 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
                 return result
 
         timed_bf = TimedBudgetForcing()
-
         processor_per_step = []
         for _ in range(IN_HOOK_TIMING_RUNS):
             in_hook[:] = [0.0, 0]
@@ -291,6 +292,32 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
             with torch.inference_mode():
                 model.generate(**inputs, logits_processor=LogitsProcessorList([timed_bf]), **gen_kwargs)
             processor_per_step.append(in_hook[0] / max(1, in_hook[1]))
+
+        # of that, the benchmark's predictor: the user's model, not thinkctl's work (timed in runs of its own, so
+        # that its timer does not weigh on the processor's figure)
+        in_predictor: list[float] = [0.0]
+
+        def timed_predictor(h: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            result = predictor(h)
+            sync()
+            in_predictor[0] += time.perf_counter() - t0
+            return result
+
+        predictor_per_step = []
+        probe.predictor = timed_predictor
+        try:
+            for _ in range(IN_HOOK_TIMING_RUNS):
+                in_predictor[0] = 0.0
+                tap.attach()
+                bf.reset()
+                tap.reset()
+                with torch.inference_mode():
+                    model.generate(**inputs, logits_processor=LogitsProcessorList([bf]), **gen_kwargs)
+                # per decoding step, as the processor's time (the first step, the prompt's, probes nothing)
+                predictor_per_step.append(in_predictor[0] / max(1, int(reference.shape[1] - prompt_len)))
+        finally:
+            probe.predictor = predictor
 
         # transformers' LogitsProcessorList parses each processor's call signature at every step; BudgetForcing
         # stores its signature once (precomputed_call_signature), an undecorated processor does not
@@ -335,6 +362,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
     plain_s, hooked_s = statistics.median(plain_runs), statistics.median(hooked_runs)
     generated = int(reference.shape[1] - prompt_len)
     processor_s = statistics.median(processor_per_step)
+    predictor_s = statistics.median(predictor_per_step)
     plain_step = plain_s / max(1, generated)
     if not same:
         logger.warning("the hooked runs generated other tokens than the plain ones (steps %s); the ratio compares "
@@ -356,6 +384,8 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "floor_ratio": statistics.median(floor_runs) / plain_s,
         "floor_pair_ratio_median": statistics.median(f / p for f, p in zip(floor_runs, plain_runs)),
         "processor_s_per_step": processor_s,
+        "predictor_s_per_step": predictor_s,
+        "thinkctl_processor_s_per_step": processor_s - predictor_s,
         "tap_hook_s_per_step": tap_hook_s,
         "plain_s_per_step": plain_step,
         "hooked_s_per_step": hooked_s / max(1, generated),
@@ -407,7 +437,9 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = result["pair_ratio_ci95"]
     print(f"hooked/plain = {result['ratio']:.3f}; per repeat {result['pair_ratio_median']:.3f} [95% CI {lo:.3f}, "
           f"{hi:.3f}]: {result['verdict']} (target {TARGET_RATIO}); "
-          f"time inside hooks = {100 * result['in_hook_fraction']:.1f}% of a plain step; "
+          f"time inside hooks = {100 * result['in_hook_fraction']:.1f}% of a plain step "
+          f"({1e6 * result['processor_s_per_step']:.1f} us in the processor, of which the predictor "
+          f"{1e6 * result['predictor_s_per_step']:.1f} us); "
           f"a pass-through processor and an empty hook alone (the floor) = {result['floor_pair_ratio_median']:.3f}; "
           f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
           f"same tokens: {result['same_tokens']} ({result['generated_tokens_per_row']} steps); wrote {path}")
