@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import pickle
 
 import pytest
 import torch
@@ -170,6 +172,15 @@ def test_precomputed_call_signature_is_what_logits_processor_list_reads(tok):
     assert list(inspect.signature(Base().__call__).parameters) == ["input_ids", "scores"]
     assert list(inspect.signature(Extra().__call__).parameters) == ["input_ids", "scores", "cur_len"]
     assert Base(offset=2.0)(None, 1.0) == 3.0 and Base(offset=2.0).__call__(None, 1.0) == 3.0
+    # a copy's __call__ is its own, not the original's
+    original = Base(offset=2.0)
+    for dup in (copy.copy(original), copy.deepcopy(original)):
+        dup.offset = 5.0
+        assert dup.__call__(None, 1.0) == 6.0 and original.__call__(None, 1.0) == 3.0
+        assert list(inspect.signature(dup.__call__).parameters) == ["input_ids", "scores"]
+    bf = BudgetForcing(tok, max_tokens=4)
+    for dup in (copy.copy(bf), copy.deepcopy(bf), pickle.loads(pickle.dumps(bf))):
+        assert dup.__call__.args == (dup,) and bf.__call__.args == (bf,)
 
 
 class _NeverDisjoint(frozenset):
