@@ -65,6 +65,21 @@ def test_probe_schedule_threshold_and_confidence(tap):
     assert probe.probes.tolist() == [1, 2, 0]
 
 
+def test_probe_every_row_at_once_and_label_outputs_become_float_confidences(tap):
+    # every=1 probes every row at each step (the whole-batch bookkeeping); a predictor returning 0/1 labels
+    probe = ProbeStopping(tap, lambda h: torch.tensor([1, 0, 1]), threshold=0.5, every=1)
+    x = ids()
+    tap.latest[1] = torch.randn(3, 32)
+    probe.begin(x)
+    assert probe.update(x, None, [True] * 3, [1, 1, 1]) == [True, False, True]
+    # rows that fired are no longer probed: the next step probes row 1 alone (the per-row bookkeeping)
+    assert probe.update(x, None, [True] * 3, [2, 2, 2]) == [True, False, True]
+    assert probe.history == [[(1, 1.0)], [(1, 0.0), (2, 0.0)], [(1, 1.0)]]
+    assert all(type(c) is float for row in probe.history for _, c in row)
+    assert probe.probes.tolist() == [1, 2, 1] and probe.fired_at.tolist() == [1, -1, 1]
+    assert probe.confidence.tolist() == [1.0, 0.0, 1.0]
+
+
 def test_probe_delimiters_and_none_threshold(tok, tap):
     nl = tok.encode("\n")[0]
     probe = ProbeStopping(tap, lambda h: torch.ones(h.shape[0]), threshold=None, every=None, delimiters=("\n",),

@@ -394,6 +394,8 @@ class ProbeStopping(StopRule):
         else:  # an estimator that is not callable: scikit-learn's predict_proba on numpy
             out = self.predictor.predict_proba(x.cpu().numpy())
         p = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+        if not p.is_floating_point():  # 0/1 labels or booleans: confidences are floats
+            p = p.float()
         if p.ndim != 1:
             p = p[:, 1] if p.ndim == 2 and p.shape[1] == 2 else p.reshape(-1)
         if p.shape[0] != hidden.shape[0]:

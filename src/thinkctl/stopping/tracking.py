@@ -331,7 +331,8 @@ class ThinkingTracker:
 
     @property
     def newest_tokens(self) -> list[int]:
-        """Per row: the newest token of the ``input_ids`` seen by the last :meth:`update` (empty before one)."""
+        """Per row: the newest token of the ``input_ids`` seen by the last :meth:`update` (empty before one; the
+        tracker's own list, read it without modifying it)."""
         return self._newest
 
     def is_new_generation(self, input_ids: torch.Tensor, tails: list[list[int]] | None = None) -> bool:
@@ -385,7 +386,7 @@ class ThinkingTracker:
             prompt = input_ids[:, :-1] if self.includes_new_token else input_ids
             self._begin(prompt)
         if not new or self.includes_new_token:
-            self._advance(tails)
+            self._advance(tails, self._newest)
         self._last_len = input_ids.shape[1]
         self._prev_tails = tails
         return new
@@ -402,9 +403,9 @@ class ThinkingTracker:
         self.answer_tokens = [0] * b
         self.generated_tokens = [0] * b
 
-    def _advance(self, tails: list[list[int]]) -> None:
+    def _advance(self, tails: list[list[int]], newest: list[int]) -> None:
         phase, stop = self.phase, self.stop_ids
-        if self._watch.isdisjoint(self._newest) and phase.count(self.THINKING) == len(phase):
+        if self._watch.isdisjoint(newest) and phase.count(self.THINKING) == len(phase):
             # the usual step: every row thinking, no marker or stop token among the newest tokens
             self.think_tokens = [n + 1 for n in self.think_tokens]
             self.generated_tokens = [n + 1 for n in self.generated_tokens]
