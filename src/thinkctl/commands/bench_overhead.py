@@ -268,6 +268,8 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
                 same = same and out.shape == reference.shape and bool(torch.equal(out, reference))
         plain_runs, hooked_runs, floor_runs = walls["plain"], walls["hooked"], walls["floor"]
         probes = probe.probes.tolist()
+        # decoding steps the generation really takes (rows may all end at EOS before max_new_tokens)
+        generated = int(reference.shape[1] - prompt_len)
 
         # time spent inside the logits processor (BudgetForcing driving ProbeStopping), per decoding step
         in_hook: list[float] = [0.0, 0]
@@ -315,7 +317,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
                 with torch.inference_mode():
                     model.generate(**inputs, logits_processor=LogitsProcessorList([bf]), **gen_kwargs)
                 # per decoding step, as the processor's time (the first step, the prompt's, probes nothing)
-                predictor_per_step.append(in_predictor[0] / max(1, int(reference.shape[1] - prompt_len)))
+                predictor_per_step.append(in_predictor[0] / max(1, generated))
         finally:
             probe.predictor = predictor
 
@@ -341,9 +343,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         tap_hook_s = statistics.median(blocks)
 
         tap.attach()
-        # lengths the generation really reaches (rows may all end at EOS before max_new_tokens)
-        taken = int(reference.shape[1] - prompt_len)
-        for length in sorted({max(1, taken // 2), max(1, taken)}):
+        for length in sorted({max(1, generated // 2), max(1, generated)}):
             bf.reset()
             tap.reset()
             tracemalloc.start()
@@ -360,7 +360,6 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
             gc.enable()
 
     plain_s, hooked_s = statistics.median(plain_runs), statistics.median(hooked_runs)
-    generated = int(reference.shape[1] - prompt_len)
     processor_s = statistics.median(processor_per_step)
     predictor_s = statistics.median(predictor_per_step)
     plain_step = plain_s / max(1, generated)
