@@ -85,3 +85,23 @@ def test_modeq_uniqueness_sweep_restates_the_solution_on_every_line():
         assert all(b == p.answer for b in th.beliefs[start:])
         swept += 1
     assert swept > 50
+
+
+def test_arith_answer_cut_is_just_after_the_last_forward_step_equals_sign():
+    task = ArithTask()
+    rng = np.random.default_rng(6)
+    style = TraceStyle(p_slip=0.3, p_check=0.5)
+    for p in task.sample(300, seed=7):
+        th = thought_for("arith", p, rng, style)
+        n_ops = len(ArithTask.chain(p)[1])
+        last_forward = th.lines[n_ops - 1]
+        head = th.text[: th.answer_cut]
+        assert head.endswith("=") and head.count("\n") == n_ops - 1  # inside the last forward line, after its "="
+        assert last_forward == head.rsplit("\n", 1)[-1] + th.answer_cut_belief  # the result that line writes
+        assert th.answer_cut_belief == th.beliefs[n_ops - 1]  # the first answer the trace holds (slipped or not)
+
+
+def test_modeq_has_no_answer_cut():
+    task = thinkctl.tasks.get("modeq")
+    th = thought_for("modeq", task.sample(1, seed=1)[0], np.random.default_rng(0), TraceStyle())
+    assert th.answer_cut is None and th.answer_cut_belief is None

@@ -77,9 +77,30 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     assert seen == [1, 2, 3] and resumed == [3, 4]  # continues after the step-2 checkpoint
 
 
+def test_answer_cuts_change_only_the_cut_of_arith_forced_examples():
+    cfg = replace(TINY, n_problems=1200)
+    base, cut = build_examples(cfg), build_examples(replace(cfg, answer_cut_share=1.0))
+    assert [(e.prompt, e.forced) for e in base] == [(e.prompt, e.forced) for e in cut]  # same problems, same draws
+    changed = 0
+    for b, c in zip(base, cut):
+        if not c.forced or "mod" in c.prompt:  # free examples and modeq: untouched
+            assert (b.thought, b.answer) == (c.thought, c.answer)
+            continue
+        # every arith forced example is cut inside its last forward step, just after the "="
+        head, _, partial = c.thought.rpartition("\n")
+        assert partial.endswith("=") and partial.count("=") == 1
+        changed += (b.thought, b.answer) != (c.thought, c.answer)
+    assert changed > 20
+    half = build_examples(replace(cfg, answer_cut_share=0.5))
+    n_half = sum(h.thought != b.thought for h, b in zip(half, base))
+    assert 0.25 * changed < n_half < 0.75 * changed
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="forced_fraction"):
         TrainConfig(forced_fraction=1.0)
+    with pytest.raises(ValueError, match="answer_cut_share"):
+        TrainConfig(answer_cut_share=1.5)
     with pytest.raises(ValueError, match="num_attention_heads"):
         TrainConfig(shape=ModelShape(hidden_size=30, num_attention_heads=4))
 
@@ -99,10 +120,11 @@ def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
     from thinkctl.cli import main
 
     rc = main(["train-embedded", "--tiny", "--out", str(tmp_path / "m"), "--p-check", "0.9", "--steps", "2",
-               "--batch-size", "4", "--device", "cpu", "--no-progress"])
+               "--batch-size", "4", "--answer-cut-share", "0.5", "--device", "cpu", "--no-progress"])
     assert rc == 0
     cfg = json.loads((tmp_path / "m" / "thinkctl_embedded.json").read_text())["config"]
     assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2 and cfg["batch_size"] == 4
+    assert cfg["answer_cut_share"] == 0.5
     assert main(["train-embedded", "--tiny", "--out", str(tmp_path / "bad"), "--p-check", "1.5"]) == 2
     assert "p_check=1.5 must be a probability" in capsys.readouterr().err
 

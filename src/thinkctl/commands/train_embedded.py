@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p-check", type=float, default=None,
                    help="share of clean training traces that re-check their work after \"Wait\" "
                         "(default: TraceStyle.p_check)")
+    p.add_argument("--answer-cut-share", type=float, default=None,
+                   help="share of arith's forced examples cut just after the '=' of the last forward step, the "
+                        "answer one operation away (default: TrainConfig.answer_cut_share)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
     add_progress_argument(p)
 
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, lr=args.lr)
     if args.minutes is not None:
         cfg = replace(cfg, max_minutes=args.minutes)
+    if args.answer_cut_share is not None:
+        cfg = replace(cfg, answer_cut_share=args.answer_cut_share)
     if args.p_check is not None:
         cfg = replace(cfg, style=replace(cfg.style, p_check=args.p_check))
     out = train(args.out, cfg, progress=not args.no_progress, device=args.device)

@@ -61,11 +61,15 @@ class Thought:
     """A synthetic thinking trace, as lines, with what the solver believes after each line.
 
     ``beliefs[i]`` is the answer the solver would give if stopped after line ``i`` (None while its forward pass
-    is unfinished); ``answer`` is the belief at the end.
+    is unfinished); ``answer`` is the belief at the end. ``answer_cut`` is where the answer is one operation away:
+    the character offset in :attr:`text` just after the ``=`` of the step that first yields an answer, with that
+    step's result as ``answer_cut_belief`` (both None for a family without such a point).
     """
 
     lines: tuple[str, ...]
     beliefs: tuple[str | None, ...]
+    answer_cut: int | None = None
+    answer_cut_belief: str | None = None
 
     @property
     def answer(self) -> str:
@@ -117,8 +121,11 @@ def arith_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
         lines.append(_arith_line(value, op, b, r))
         beliefs.append(str(r) if i == len(ops) - 1 else None)
         value = r
+    # the last forward step's "=": its result is the first answer the trace holds
+    forward_text = "".join(line + "\n" for line in lines[:-1])
+    cut_at = {"answer_cut": len(forward_text) + lines[-1].index("=") + 1, "answer_cut_belief": str(value)}
     if slip_at < 0 and rng.random() >= style.p_check:
-        return Thought(tuple(lines), tuple(beliefs))
+        return Thought(tuple(lines), tuple(beliefs), **cut_at)
     belief = str(value)
     n_checks = 2 if rng.random() < style.p_second_check else 1
     for k in range(n_checks):
@@ -144,7 +151,7 @@ def arith_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
             beliefs.extend([None] * (len(lines) - len(beliefs) - 1) + [belief])
             steps = new_steps
             break
-    return Thought(tuple(lines), tuple(beliefs))
+    return Thought(tuple(lines), tuple(beliefs), **cut_at)
 
 
 def _modeq_line(a: int, b: int, x: int, p: int, residue: int) -> str:

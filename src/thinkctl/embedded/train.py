@@ -66,6 +66,10 @@ class TrainConfig:
     seed: int = 0
     n_problems: int = 120_000          # training problems, split evenly over tasks and levels
     forced_fraction: float = 0.25      # share of examples cut short and forced to answer
+    #: Share of the forced examples of a family with an answer cut (:attr:`Thought.answer_cut`: arith's last forward
+    #: step) that are cut there, just after the "=", instead of at a uniform point; drawn from a random stream of
+    #: its own, so the problems, traces and other cuts are those of the same config with 0.
+    answer_cut_share: float = 0.0
     vocab_size: int = 384
     batch_size: int = 32               # the committed model: two stages of 3300 steps at batch 32
     lr: float = 3e-3
@@ -86,6 +90,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.forced_fraction < 1.0:
             raise ValueError(f"forced_fraction={self.forced_fraction} must be in [0, 1)")
+        if not 0.0 <= self.answer_cut_share <= 1.0:
+            raise ValueError(f"answer_cut_share={self.answer_cut_share} must be in [0, 1]")
         for name in ("n_problems", "batch_size", "steps", "vocab_size", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
@@ -107,6 +113,7 @@ class Example:
 def build_examples(cfg: TrainConfig) -> list[Example]:
     """The training examples for ``cfg`` (deterministic in ``cfg.seed``)."""
     rng = np.random.default_rng([cfg.seed, 1])
+    cut_rng = np.random.default_rng([cfg.seed, 2])  # answer cuts only: the main stream stays as with share 0
     examples: list[Example] = []
     for t_i, name in enumerate(TASKS):
         task = get_task(name)
@@ -124,6 +131,10 @@ def build_examples(cfg: TrainConfig) -> list[Example]:
                     cut = int(rng.integers(0, len(text) + 1))
                     done_lines = text[:cut].count("\n")
                     belief = th.beliefs[done_lines - 1] if done_lines else None
+                    if (th.answer_cut is not None and cfg.answer_cut_share > 0
+                            and cut_rng.random() < cfg.answer_cut_share):
+                        # the answer one operation away: the model must carry out the step it was cut inside
+                        cut, belief = th.answer_cut, th.answer_cut_belief
                     examples.append(Example(prompt, text[:cut], belief if belief is not None else p.answer, True))
                 else:
                     examples.append(Example(prompt, th.text, th.answer, False))
