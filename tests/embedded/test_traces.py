@@ -105,3 +105,25 @@ def test_modeq_has_no_answer_cut():
     task = thinkctl.tasks.get("modeq")
     th = thought_for("modeq", task.sample(1, seed=1)[0], np.random.default_rng(0), TraceStyle())
     assert th.answer_cut is None and th.answer_cut_belief is None
+
+
+@pytest.mark.parametrize("name", ["arith", "modeq"])
+def test_slip_spans_hold_exactly_the_wrong_results(name):
+    task = thinkctl.tasks.get(name)
+    rng = np.random.default_rng(8)
+    n_slipped = 0
+    for p in task.sample(300, seed=11, level=3):
+        th = thought_for(name, p, rng, TraceStyle(p_slip=0.6))
+        assert len(th.slips) <= 1
+        for start, end in th.slips:
+            n_slipped += 1
+            line_start = th.text.rfind("\n", 0, start) + 1
+            line = th.text[line_start: th.text.index("\n", end)]
+            head, wrong = th.text[line_start:start], th.text[start:end]
+            assert head.endswith("=") and wrong.isdigit() and line.startswith(head + wrong)
+            if name == "arith":  # the line claims a result its operands do not give
+                a, op, b = re.match(r"^(\d+)([+*-])(\d+)=$", head).groups()
+                assert eval(f"{a}{op}{b}") != int(wrong)  # noqa: S307 - digits and one operator only
+            else:  # the claimed residue makes a false solution
+                assert line.endswith(" found") and head.rstrip("=").rsplit("=", 1)[-1] != wrong
+    assert n_slipped > 50

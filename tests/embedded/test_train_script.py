@@ -96,6 +96,26 @@ def test_answer_cuts_change_only_the_cut_of_arith_forced_examples():
     assert 0.25 * changed < n_half < 0.75 * changed
 
 
+def test_masked_slips_are_read_but_never_trained_on(tmp_path):
+    out = train(tmp_path / "m", TINY, progress=False)
+    _, tok = load_embedded(out)
+    cfg = replace(TINY, n_problems=600, style=replace(TINY.style, p_slip=0.5))
+    plain, masked = build_examples(cfg), build_examples(replace(cfg, mask_slips=True))
+    (ids_p, mask_p), (ids_m, mask_m) = encode_examples(tok, plain), encode_examples(tok, masked)
+    n_masked = 0
+    for e, x, mp, mm in zip(masked, ids_m, mask_p, mask_m):
+        assert (mm <= mp).all()  # masking only ever removes loss
+        dropped = tok.decode(x[(mp == 1) & (mm == 0)].tolist())
+        if e.no_loss:
+            assert not e.forced
+            n_masked += 1
+            assert dropped == "".join(e.thought[a:b] for a, b in e.no_loss)  # exactly the wrong digits
+        else:
+            assert dropped == ""
+    assert n_masked > 20
+    assert [x.tolist() for x in ids_p] == [x.tolist() for x in ids_m]  # same tokens, only the mask differs
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="forced_fraction"):
         TrainConfig(forced_fraction=1.0)

@@ -29,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p-check", type=float, default=None,
                    help="share of clean training traces that re-check their work after \"Wait\" "
                         "(default: TraceStyle.p_check)")
+    p.add_argument("--p-slip", type=float, default=None,
+                   help="share of training traces with one wrong forward step that the re-check repairs "
+                        "(default: TraceStyle.p_slip)")
+    p.add_argument("--mask-slips", action="store_true",
+                   help="keep the deliberately wrong results of slipped traces out of the loss")
     p.add_argument("--answer-cut-share", type=float, default=None,
                    help="share of arith's forced examples cut just after the '=' of the last forward step, the "
                         "answer one operation away (default: TrainConfig.answer_cut_share)")
@@ -58,10 +63,14 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, lr=args.lr)
     if args.minutes is not None:
         cfg = replace(cfg, max_minutes=args.minutes)
+    if args.mask_slips:
+        cfg = replace(cfg, mask_slips=True)
     if args.answer_cut_share is not None:
         cfg = replace(cfg, answer_cut_share=args.answer_cut_share)
     if args.p_check is not None:
         cfg = replace(cfg, style=replace(cfg.style, p_check=args.p_check))
+    if args.p_slip is not None:
+        cfg = replace(cfg, style=replace(cfg.style, p_slip=args.p_slip))
     out = train(args.out, cfg, progress=not args.no_progress, device=args.device)
     print(f"wrote {out}")
     return 0

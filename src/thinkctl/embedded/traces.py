@@ -63,13 +63,16 @@ class Thought:
     ``beliefs[i]`` is the answer the solver would give if stopped after line ``i`` (None while its forward pass
     is unfinished); ``answer`` is the belief at the end. ``answer_cut`` is where the answer is one operation away:
     the character offset in :attr:`text` just after the ``=`` of the step that first yields an answer, with that
-    step's result as ``answer_cut_belief`` (both None for a family without such a point).
+    step's result as ``answer_cut_belief`` (both None for a family without such a point). ``slips`` are the
+    character spans of :attr:`text` that hold a deliberately wrong result (the re-check's material, which training
+    may keep out of the loss so that the model reads slips but never learns to make them).
     """
 
     lines: tuple[str, ...]
     beliefs: tuple[str | None, ...]
     answer_cut: int | None = None
     answer_cut_belief: str | None = None
+    slips: tuple[tuple[int, int], ...] = ()
 
     @property
     def answer(self) -> str:
@@ -80,6 +83,12 @@ class Thought:
     @property
     def text(self) -> str:
         return "".join(line + "\n" for line in self.lines)
+
+
+def _span_in_text(lines: list[str], index: int, start: int, end: int) -> tuple[int, int]:
+    """Characters ``start:end`` of ``lines[index]`` as a span of the thought's text (lines joined by newlines)."""
+    offset = sum(len(line) + 1 for line in lines[:index])
+    return offset + start, offset + end
 
 
 def _slip(rng: np.random.Generator, value: int) -> int:
@@ -112,6 +121,7 @@ def arith_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
     lines: list[str] = []
     beliefs: list[str | None] = []
     steps: list[tuple[int, str, int, int]] = []  # (a, op, b, claimed result)
+    slips: list[tuple[int, int]] = []
     value = start
     for i, (op, b) in enumerate(ops):
         r = apply_op(value, op, b)
@@ -119,11 +129,14 @@ def arith_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
             r = _slip(rng, r)
         steps.append((value, op, b, r))
         lines.append(_arith_line(value, op, b, r))
+        if i == slip_at:
+            slips.append(_span_in_text(lines, i, len(lines[i]) - len(str(r)), len(lines[i])))
         beliefs.append(str(r) if i == len(ops) - 1 else None)
         value = r
     # the last forward step's "=": its result is the first answer the trace holds
     forward_text = "".join(line + "\n" for line in lines[:-1])
-    cut_at = {"answer_cut": len(forward_text) + lines[-1].index("=") + 1, "answer_cut_belief": str(value)}
+    cut_at = {"answer_cut": len(forward_text) + lines[-1].index("=") + 1, "answer_cut_belief": str(value),
+              "slips": tuple(slips)}
     if slip_at < 0 and rng.random() >= style.p_check:
         return Thought(tuple(lines), tuple(beliefs), **cut_at)
     belief = str(value)
@@ -165,12 +178,16 @@ def modeq_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
     slip_x = int(rng.integers(0, solution)) if solution > 0 and rng.random() < style.p_slip else -1
     lines: list[str] = []
     beliefs: list[str | None] = []
+    slips: list[tuple[int, int]] = []
     x = 0
     while True:
         true_res = (a * x + b) % p
         claimed = c if x == slip_x else true_res
         found = claimed == c
         lines.append(_modeq_line(a, b, x, p, claimed) + (" found" if found else ""))
+        if x == slip_x:
+            end = len(_modeq_line(a, b, x, p, claimed))
+            slips.append(_span_in_text(lines, len(lines) - 1, end - len(str(claimed)), end))
         beliefs.append(str(x) if found else None)
         if found:
             if x == slip_x:
@@ -184,7 +201,7 @@ def modeq_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
             break
         x += 1
     if slip_x < 0 and rng.random() >= style.p_check:
-        return Thought(tuple(lines), tuple(beliefs))
+        return Thought(tuple(lines), tuple(beliefs), slips=tuple(slips))
     n_checks = 2 if rng.random() < style.p_second_check else 1
     v = a * x + b
     for k in range(n_checks):
@@ -198,7 +215,7 @@ def modeq_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
             lines.extend(_modeq_line(a, b, y, p, (a * y + b) % p) + f", still x={x}" for y in range(x + 1, p))
             lines.append(f"only x={x}")
     beliefs.extend([str(x)] * (len(lines) - len(beliefs)))
-    return Thought(tuple(lines), tuple(beliefs))
+    return Thought(tuple(lines), tuple(beliefs), slips=tuple(slips))
 
 
 def thought_for(task_name: str, problem: Problem, rng: np.random.Generator, style: TraceStyle) -> Thought:

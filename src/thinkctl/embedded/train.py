@@ -70,6 +70,9 @@ class TrainConfig:
     #: step) that are cut there, just after the "=", instead of at a uniform point; drawn from a random stream of
     #: its own, so the problems, traces and other cuts are those of the same config with 0.
     answer_cut_share: float = 0.0
+    #: Keep the deliberately wrong results of slipped traces (:attr:`Thought.slips`) out of the loss: the model reads
+    #: slips and learns to catch and repair them, but is never trained to make them.
+    mask_slips: bool = False
     vocab_size: int = 384
     batch_size: int = 32               # the committed model: two stages of 3300 steps at batch 32
     lr: float = 3e-3
@@ -108,6 +111,7 @@ class Example:
     thought: str       # thinking text (full, or the cut prefix for forced examples)
     answer: str        # what follows "Final Answer: "
     forced: bool       # cut short and forced to answer
+    no_loss: tuple[tuple[int, int], ...] = ()  # character spans of ``thought`` kept out of the loss
 
 
 def build_examples(cfg: TrainConfig) -> list[Example]:
@@ -137,7 +141,7 @@ def build_examples(cfg: TrainConfig) -> list[Example]:
                         cut, belief = th.answer_cut, th.answer_cut_belief
                     examples.append(Example(prompt, text[:cut], belief if belief is not None else p.answer, True))
                 else:
-                    examples.append(Example(prompt, th.text, th.answer, False))
+                    examples.append(Example(prompt, th.text, th.answer, False, th.slips if cfg.mask_slips else ()))
     order = rng.permutation(len(examples))
     return [examples[i] for i in order]
 
@@ -164,6 +168,11 @@ def encode_examples(tokenizer: Any, examples: list[Example]) -> tuple[list[np.nd
         else:
             body = t + close_ids
             body_mask = [1] * len(body)
+            if e.no_loss:
+                offsets = tokenizer(e.thought, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                for k, (start, end) in enumerate(offsets):
+                    if any(start < b and a < end for a, b in e.no_loss):
+                        body_mask[k] = 0
         ids = p + body + a + [end_id]
         mask = [0] * len(p) + body_mask + [1] * (len(a) + 1)
         ids_out.append(np.asarray(ids, dtype=np.int64))
