@@ -53,6 +53,12 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     assert data["floor_ratio"] == pytest.approx(statistics.median(data["floor_runs_s"]) / data["plain_s"])
     assert data["in_hook_fraction"] == pytest.approx(
         (data["processor_s_per_step"] + data["tap_hook_s_per_step"]) / data["plain_s_per_step"])
+    # where the time goes: forward passes and the rest of each step, per variant (both positive: the forward passes
+    # are a part of each step's wall time, not all of it)
+    for key in ("forward_s_per_step", "outside_forward_s_per_step"):
+        assert set(data[key]) == {"plain", "hooked", "floor"} and all(v > 0 for v in data[key].values())
+    assert set(data["forward_pair_ratio"]) == {"hooked", "floor"} and all(
+        v > 0 for v in data["forward_pair_ratio"].values())
     assert data["probes_per_row"] == [7, 7, 7]  # every token after the first (probing every token)
     assert 0 < data["predictor_s_per_step"]
     assert data["thinkctl_processor_s_per_step"] == pytest.approx(

@@ -44,6 +44,9 @@ BOOTSTRAP_SAMPLES = 2000
 WARMUP_RUNS = 2
 #: Generations run with the logits processor wrapped in a timer; the median time per step is reported.
 IN_HOOK_TIMING_RUNS = 5
+#: Repeats (every variant once each, in every order) of the runs that time the model's forward passes apart from the
+#: rest of each step: where a variant's extra time goes (the tap slows the forward pass, the processor the rest).
+SPLIT_TIMING_REPEATS = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,7 +167,11 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         model, timed in runs of its own) and ``thinkctl_processor_s_per_step`` (the difference: thinkctl's own work in
         the processor), ``tap_hook_s_per_step``, ``in_hook_fraction`` (time inside all hooks per
         step over the plain time per step: the overhead free of the run-to-run noise of wall-clock ratios on a
-        shared machine), ``same_tokens`` (both variants generated identical sequences in every run),
+        shared machine), ``forward_s_per_step`` and ``outside_forward_s_per_step`` (per variant: the model's forward
+        passes, which the tap's hook runs inside, and the rest of each step, which holds the logits processor; timed in
+        :data:`SPLIT_TIMING_REPEATS` repeats of their own with hooks on the whole model) and ``forward_pair_ratio``
+        (per variant, the median ratio of its forward time to plain's in the same repeat: how much the hooks slow
+        the model itself, e.g. through the caches), ``same_tokens`` (both variants generated identical sequences in every run),
         ``decoding_steps`` (per variant; equal when ``same_tokens``), token counts and memory figures:
         ``tap_bytes_by_length`` (what the tap holds after generating that many tokens, at half and all of the
         length the runs reach; constant when the tap keeps only the newest position),
@@ -321,6 +328,39 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         finally:
             probe.predictor = predictor
 
+        # where the time goes: the model's forward passes (which the tap's hook runs inside) against the rest of each
+        # step (the logits processor, transformers' own work), timed by hooks on the whole model in runs of their own
+        in_forward = [0.0, 0.0]
+
+        def forward_started(module: Any, args: Any) -> None:
+            in_forward[1] = time.perf_counter()
+
+        def forward_ended(module: Any, args: Any, output: Any) -> None:
+            in_forward[0] += time.perf_counter() - in_forward[1]
+
+        split_walls: dict[str, list[float]] = {name: [] for name in variants}
+        split_forward: dict[str, list[float]] = {name: [] for name in variants}
+        handles = [model.register_forward_pre_hook(forward_started), model.register_forward_hook(forward_ended)]
+        try:
+            for names in run_orders(list(variants), min(repeats, SPLIT_TIMING_REPEATS), seed + 1):
+                for name in names:
+                    in_forward[0] = 0.0
+                    wall, _, _ = timed(variants[name])
+                    split_walls[name].append(wall)
+                    split_forward[name].append(in_forward[0])
+        finally:
+            for handle in handles:
+                handle.remove()
+        forward_split = {
+            "forward_s_per_step": {k: statistics.median(v) / max(1, generated) for k, v in split_forward.items()},
+            "outside_forward_s_per_step": {
+                k: statistics.median(w - f for w, f in zip(split_walls[k], split_forward[k])) / max(1, generated)
+                for k in variants},
+            "forward_pair_ratio": {
+                k: statistics.median(f / p for f, p in zip(split_forward[k], split_forward["plain"]))
+                for k in variants if k != "plain"},
+        }
+
         # transformers' LogitsProcessorList parses each processor's call signature at every step; BudgetForcing
         # stores its signature once (precomputed_call_signature), an undecorated processor does not
         signature_s = {name: _signature_lookup_s(proc) for name, proc in (("budget_forcing", bf),
@@ -389,6 +429,7 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         "plain_s_per_step": plain_step,
         "hooked_s_per_step": hooked_s / max(1, generated),
         "in_hook_fraction": (processor_s + tap_hook_s) / plain_step,
+        **forward_split,
         "plain_runs_s": plain_runs,
         "hooked_runs_s": hooked_runs,
         "floor_runs_s": floor_runs,
@@ -440,6 +481,10 @@ def run(args: argparse.Namespace) -> int:
           f"({1e6 * result['processor_s_per_step']:.1f} us in the processor, of which the predictor "
           f"{1e6 * result['predictor_s_per_step']:.1f} us); "
           f"a pass-through processor and an empty hook alone (the floor) = {result['floor_pair_ratio_median']:.3f}; "
+          f"forward passes hooked/plain = {result['forward_pair_ratio']['hooked']:.3f} (floor "
+          f"{result['forward_pair_ratio']['floor']:.3f}), rest of a step +"
+          f"{1e6 * (result['outside_forward_s_per_step']['hooked'] - result['outside_forward_s_per_step']['plain']):.1f}"
+          f" us; "
           f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
           f"same tokens: {result['same_tokens']} ({result['generated_tokens_per_row']} steps); wrote {path}")
     return 0
