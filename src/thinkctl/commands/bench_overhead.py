@@ -171,7 +171,8 @@ def measure_overhead(model: Any, tokenizer: Any, *, batch_size: int = 8, max_new
         passes, which the tap's hook runs inside, and the rest of each step, which holds the logits processor; timed in
         :data:`SPLIT_TIMING_REPEATS` repeats of their own with hooks on the whole model) and ``forward_pair_ratio``
         (per variant, the median ratio of its forward time to plain's in the same repeat: how much the hooks slow
-        the model itself, e.g. through the caches), ``same_tokens`` (both variants generated identical sequences in every run),
+        the model itself, e.g. through the caches), ``same_tokens`` (both variants generated identical sequences in
+        every run),
         ``decoding_steps`` (per variant; equal when ``same_tokens``), token counts and memory figures:
         ``tap_bytes_by_length`` (what the tap holds after generating that many tokens, at half and all of the
         length the runs reach; constant when the tap keeps only the newest position),
@@ -475,6 +476,8 @@ def run(args: argparse.Namespace) -> int:
                         "repeats": args.repeats, "threads": args.threads, "seed": args.seed, "device": args.device}
     path = write_json(args.json, result)
     lo, hi = result["pair_ratio_ci95"]
+    rest = result["outside_forward_s_per_step"]
+    rest_extra = rest["hooked"] - rest["plain"]
     print(f"hooked/plain = {result['ratio']:.3f}; per repeat {result['pair_ratio_median']:.3f} [95% CI {lo:.3f}, "
           f"{hi:.3f}]: {result['verdict']} (target {TARGET_RATIO}); "
           f"time inside hooks = {100 * result['in_hook_fraction']:.1f}% of a plain step "
@@ -482,9 +485,7 @@ def run(args: argparse.Namespace) -> int:
           f"{1e6 * result['predictor_s_per_step']:.1f} us); "
           f"a pass-through processor and an empty hook alone (the floor) = {result['floor_pair_ratio_median']:.3f}; "
           f"forward passes hooked/plain = {result['forward_pair_ratio']['hooked']:.3f} (floor "
-          f"{result['forward_pair_ratio']['floor']:.3f}), rest of a step +"
-          f"{1e6 * (result['outside_forward_s_per_step']['hooked'] - result['outside_forward_s_per_step']['plain']):.1f}"
-          f" us; "
+          f"{result['forward_pair_ratio']['floor']:.3f}), rest of a step +{1e6 * rest_extra:.1f} us; "
           f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
           f"same tokens: {result['same_tokens']} ({result['generated_tokens_per_row']} steps); wrote {path}")
     return 0
