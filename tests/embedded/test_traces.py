@@ -12,6 +12,7 @@ from thinkctl.embedded.traces import CHECK_TEXT, TraceStyle, thought_for
 from thinkctl.tasks.arith import ArithTask
 
 LINE_RE = re.compile(r"^(\d+)([+*-])(\d+)=(\d+)$")
+SIGNED_LINE_RE = re.compile(r"^(-?\d+)([+*-])(\d+)=(-?\d+)$")  # intermediate results can go below 0 at levels 5-6
 
 
 @pytest.mark.parametrize("name", ["arith", "modeq"])
@@ -127,3 +128,32 @@ def test_slip_spans_hold_exactly_the_wrong_results(name):
             else:  # the claimed residue makes a false solution
                 assert line.endswith(" found") and head.rstrip("=").rsplit("=", 1)[-1] != wrong
     assert n_slipped > 50
+
+
+def test_split_checks_compute_through_numbers_and_flag_exactly_the_slipped_step():
+    task = ArithTask()
+    rng = np.random.default_rng(12)
+    style = TraceStyle(p_slip=0.5, p_check=1.0, p_second_check=0.0, split_checks=True)
+    split_lines = flagged = 0
+    for p in task.sample(300, seed=13, level=5):
+        th = thought_for("arith", p, rng, style)
+        n_ops = len(ArithTask.chain(p)[1])
+        forward = {}
+        for line in th.lines[:n_ops]:
+            a, op, b, r = SIGNED_LINE_RE.match(line).groups()
+            forward[(a, op, b)] = r
+        for line in th.lines[n_ops + 1:]:
+            m = re.match(r"^(-?\d+)([+*-])(\d+): (.*) (ok|no)$", line)
+            if not m:
+                continue
+            split_lines += 1
+            a, op, b, body, verdict = m.groups()
+            parts = [SIGNED_LINE_RE.match(part).groups() for part in body.split(", ")]
+            for x, o, y, z in parts:  # every piece of the check is right
+                assert eval(f"({x}){o}{y}") == int(z)  # noqa: S307 - digits and one operator only
+            assert int(parts[-1][3]) == eval(f"({a}){op}{b}")  # noqa: S307 - the check ends on the true result
+            claimed = forward.get((a, op, b))
+            if claimed is not None:  # a step of the forward pass (not one recomputed after a repair)
+                assert (verdict == "ok") == (int(claimed) == eval(f"({a}){op}{b}"))  # noqa: S307
+                flagged += verdict == "no"
+    assert split_lines > 500 and flagged > 50

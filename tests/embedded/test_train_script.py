@@ -140,11 +140,13 @@ def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
     from thinkctl.cli import main
 
     rc = main(["train-embedded", "--tiny", "--out", str(tmp_path / "m"), "--p-check", "0.9", "--steps", "2",
-               "--batch-size", "4", "--answer-cut-share", "0.5", "--device", "cpu", "--no-progress"])
+               "--batch-size", "4", "--answer-cut-share", "0.5", "--split-checks", "--mask-slips", "--p-slip", "0.3", "--device", "cpu",
+               "--no-progress"])
     assert rc == 0
     cfg = json.loads((tmp_path / "m" / "thinkctl_embedded.json").read_text())["config"]
     assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2 and cfg["batch_size"] == 4
-    assert cfg["answer_cut_share"] == 0.5
+    assert cfg["answer_cut_share"] == 0.5 and cfg["mask_slips"] is True
+    assert cfg["style"]["split_checks"] is True and cfg["style"]["p_slip"] == 0.3
     assert main(["train-embedded", "--tiny", "--out", str(tmp_path / "bad"), "--p-check", "1.5"]) == 2
     assert "p_check=1.5 must be a probability" in capsys.readouterr().err
 

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p-slip", type=float, default=None,
                    help="share of training traces with one wrong forward step that the re-check repairs "
                         "(default: TraceStyle.p_slip)")
+    p.add_argument("--split-checks", action="store_true",
+                   help="re-check arith steps by splitting an operand (the check computes numbers not on the page)")
     p.add_argument("--mask-slips", action="store_true",
                    help="keep the deliberately wrong results of slipped traces out of the loss")
     p.add_argument("--answer-cut-share", type=float, default=None,
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, lr=args.lr)
     if args.minutes is not None:
         cfg = replace(cfg, max_minutes=args.minutes)
+    if args.split_checks:
+        cfg = replace(cfg, style=replace(cfg.style, split_checks=True))
     if args.mask_slips:
         cfg = replace(cfg, mask_slips=True)
     if args.answer_cut_share is not None:

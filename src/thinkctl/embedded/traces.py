@@ -43,11 +43,16 @@ class TraceStyle:
     p_second_check : float
         Probability that a re-checked trace checks once more ("Wait, let me check again."), so that a "Wait"
         appended by budget forcing after a finished check is still in distribution.
+    split_checks : bool
+        Re-check an arith step by splitting an operand, so that the check computes numbers not already on the page
+        (``143-23`` as ``143-23: 143-20=123, 123-3=120``) instead of commuting or inverting the step, whose correct
+        result is always written above and which a small model learns to copy rather than compute.
     """
 
     p_check: float = 0.7
     p_slip: float = 0.15
     p_second_check: float = 0.15
+    split_checks: bool = False
 
     def __post_init__(self) -> None:
         for name in ("p_check", "p_slip", "p_second_check"):
@@ -106,8 +111,33 @@ def _arith_line(a: int, op: str, b: int, r: int) -> str:
     return f"{a}{op}{b}={r}"
 
 
-def _arith_check_line(a: int, op: str, b: int, claimed: int) -> tuple[str, bool]:
-    """Re-derive a step a different way: commute + and *, undo - with +."""
+def _arith_split_check_line(a: int, op: str, b: int, claimed: int) -> tuple[str, bool] | None:
+    """Re-derive a step through numbers not on the page: + and - take the tens of ``b`` then its units, * takes the
+    tens and the units of ``a`` apart. None when the split is trivial (a single-digit or round operand)."""
+    if op in "+-":
+        tens, units = b - b % 10, b % 10
+        if tens == 0 or units == 0:
+            return None
+        mid = apply_op(a, op, tens)
+        true = apply_op(mid, op, units)
+        line = f"{a}{op}{b}: {a}{op}{tens}={mid}, {mid}{op}{units}={true}"
+    else:
+        tens, units = a - a % 10, a % 10
+        if tens == 0 or units == 0:
+            return None
+        x, y = tens * b, units * b
+        true = x + y
+        line = f"{a}*{b}: {tens}*{b}={x}, {units}*{b}={y}, {x}+{y}={true}"
+    return line, true == claimed
+
+
+def _arith_check_line(a: int, op: str, b: int, claimed: int, split: bool = False) -> tuple[str, bool]:
+    """Re-derive a step a different way: split an operand (``split``, where that is not trivial), else commute + and
+    *, undo - with +."""
+    if split:
+        checked = _arith_split_check_line(a, op, b, claimed)
+        if checked is not None:
+            return checked
     if op == "+":
         return f"{b}+{a}={a + b}", a + b == claimed
     if op == "*":
@@ -145,7 +175,7 @@ def arith_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
         lines.append(CHECK_TEXT if k == 0 else RECHECK_TEXT)
         beliefs.append(belief)
         for i, (a, op, b, claimed) in enumerate(steps):
-            line, ok = _arith_check_line(a, op, b, claimed)
+            line, ok = _arith_check_line(a, op, b, claimed, style.split_checks)
             lines.append(line + (" ok" if ok else " no"))
             beliefs.append(belief)
             if ok:
