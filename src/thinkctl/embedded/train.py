@@ -157,10 +157,12 @@ def encode_examples(tokenizer: Any, examples: list[Example]) -> tuple[list[np.nd
     end_id = tokenizer.convert_tokens_to_ids(END)
     close_ids = tokenizer(f"{THINK_CLOSE}\n{ANSWER_PREFIX}", add_special_tokens=False)["input_ids"]
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
-    thoughts = tokenizer([e.thought for e in examples], add_special_tokens=False)["input_ids"]
+    masked = any(e.no_loss for e in examples)  # offsets only when some spans stay out of the loss
+    encoded = tokenizer([e.thought for e in examples], add_special_tokens=False, return_offsets_mapping=masked)
+    thoughts = encoded["input_ids"]
     answers = tokenizer([" " + e.answer for e in examples], add_special_tokens=False)["input_ids"]
     ids_out, mask_out = [], []
-    for e, p, t, a in zip(examples, prompts, thoughts, answers):
+    for i, (e, p, t, a) in enumerate(zip(examples, prompts, thoughts, answers)):
         if e.forced:
             # budget forcing appends "</think>\nFinal Answer:" where it cuts; a newline may or may not precede it
             body = t + close_ids
@@ -169,8 +171,7 @@ def encode_examples(tokenizer: Any, examples: list[Example]) -> tuple[list[np.nd
             body = t + close_ids
             body_mask = [1] * len(body)
             if e.no_loss:
-                offsets = tokenizer(e.thought, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-                for k, (start, end) in enumerate(offsets):
+                for k, (start, end) in enumerate(encoded["offset_mapping"][i]):
                     if any(start < b and a < end for a, b in e.no_loss):
                         body_mask[k] = 0
         ids = p + body + a + [end_id]
