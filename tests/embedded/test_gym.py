@@ -9,7 +9,7 @@ import pytest
 
 from thinkctl.cli import main
 from thinkctl.embedded import load_embedded
-from thinkctl.embedded.gym import GymConfig, _majority, _middle, _per_level, gym_report
+from thinkctl.embedded.gym import GymConfig, _majority, _middle, _per_level, gym_report, self_rechecked
 from thinkctl.embedded.train import ModelShape, TrainConfig, train
 
 TINY = TrainConfig(n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
@@ -53,6 +53,7 @@ def test_report_has_every_measure_for_every_family(tiny_model):
         for lvl in fam["levels"]:
             row = fam["by_level"][lvl]
             assert {"greedy", "forced"} <= set(row)
+            assert 0.0 <= row["self_rechecked"] <= 1.0
             if lvl in voted:
                 assert row["single_sample"]["n"] == 2 * row["greedy"]["n"] and "majority@2" in row
             else:
@@ -93,3 +94,8 @@ def test_auto_prompt_style_knows_train_embedded_checkpoints(tmp_path):
     assert not is_embedded_kind(str(tmp_path))  # any other local model folder: instruct prompts
     (tmp_path / METADATA_FILE).write_text("{}")  # what train-embedded writes beside its weights
     assert is_embedded_kind(str(tmp_path))
+
+
+def test_self_rechecked_counts_wait_lines_the_model_wrote():
+    thinking = ["4-3=1\nWait, let me check.\n1+3=4 ok\n", "4-3=1\n", "Wait, 4-3=1\n", "it said Wait\n", ""]
+    assert self_rechecked(thinking, "Wait") == [True, False, True, False, False]

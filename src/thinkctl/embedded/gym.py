@@ -6,7 +6,9 @@ For each task family, on fresh problems (a seed never used in training) spread e
 2. single-sample accuracy and majority vote over ``samples`` samples per level (parallel scaling);
 3. the answer forced after 25 / 50 / 60 / 75 / 100 % of the natural thinking length (serial scaling);
 4. overthinking: on correctly solved problems, how often the answer forced at 60 % is already right;
-5. "Wait" appended where the model ends its thinking: does it reason further, and what does that do to accuracy.
+5. "Wait" appended where the model ends its thinking: does it reason further, and what does that do to accuracy;
+   and, per level, the share of greedy traces that re-check by themselves (write ``wait_text`` before closing
+   their thinking), which is where overthinking comes from.
 
 Every figure is computed from generations in this run; nothing is assumed.
 """
@@ -100,6 +102,12 @@ def _per_level(n: int, levels: Sequence[Any]) -> int:
     return max(1, -(-n // max(1, len(levels))))
 
 
+def self_rechecked(thinking: Sequence[str], wait_text: str) -> list[bool]:
+    """Per thinking text (up to its end marker): whether the model wrote ``wait_text`` there by itself, at the start
+    of a line (a re-check it chose, not one budget forcing appended)."""
+    return [t.startswith(wait_text) or ("\n" + wait_text) in t for t in thinking]
+
+
 def _right(task: Task, problem: Problem, answer: str | None) -> bool:
     return answer is not None and task.check_answer(problem, answer)
 
@@ -128,6 +136,7 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
     greedy_text = [decode(g) for g in greedy]
     greedy_ok = [task.is_correct(p, t) for p, t in zip(problems, greedy_text)]
     think = [thinking_length(fmt, tokenizer, g) for g in greedy]
+    rechecked = self_rechecked([decode(g[:n]) for g, (n, _) in zip(greedy, think)], cfg.wait_text)
 
     # 2. sampling and the vote (on the middle levels only unless vote_levels="all")
     all_levels = sorted({p.level for p in problems}, key=lambda v: (v is None, v))
@@ -175,6 +184,7 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
             "forced": {str(f): _acc([forced_ok[f][i] for i in idx]) for f in cfg.fractions},
             "thinking_tokens_mean": float(np.mean([think[i][0] for i in idx])),
             "thinking_closed": float(np.mean([think[i][1] for i in idx])),
+            "self_rechecked": float(np.mean([rechecked[i] for i in idx])),
         })
     correct_idx = [i for i, ok in enumerate(greedy_ok) if ok]
     early = [forced_ok[cfg.overthink_fraction][i] for i in correct_idx]
