@@ -140,8 +140,8 @@ def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
     from thinkctl.cli import main
 
     rc = main(["train-embedded", "--tiny", "--out", str(tmp_path / "m"), "--p-check", "0.9", "--steps", "2",
-               "--batch-size", "4", "--answer-cut-share", "0.5", "--split-checks", "--mask-slips", "--p-slip", "0.3", "--device", "cpu",
-               "--no-progress"])
+               "--batch-size", "4", "--answer-cut-share", "0.5", "--split-checks", "--mask-slips", "--p-slip", "0.3",
+               "--device", "cpu", "--no-progress"])
     assert rc == 0
     cfg = json.loads((tmp_path / "m" / "thinkctl_embedded.json").read_text())["config"]
     assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2 and cfg["batch_size"] == 4

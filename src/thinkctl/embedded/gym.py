@@ -136,7 +136,8 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
     greedy_text = [decode(g) for g in greedy]
     greedy_ok = [task.is_correct(p, t) for p, t in zip(problems, greedy_text)]
     think = [thinking_length(fmt, tokenizer, g) for g in greedy]
-    rechecked = self_rechecked([decode(g[:n]) for g, (n, _) in zip(greedy, think)], cfg.wait_text)
+    greedy_thinking = [decode(g[:n]) for g, (n, _) in zip(greedy, think)]
+    rechecked = self_rechecked(greedy_thinking, cfg.wait_text)
 
     # 2. sampling and the vote (on the middle levels only unless vote_levels="all")
     all_levels = sorted({p.level for p in problems}, key=lambda v: (v is None, v))
@@ -164,7 +165,7 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
     wp = [pref + g[:n_think] + wait_ids for pref, g, (n_think, _) in zip(prefixes, greedy, think)]
     waited = generate_from_prefixes(model, wp, max_new_tokens=cfg.max_new_tokens, **gen_kw)
     wait_text = tokenizer.decode(wait_ids, skip_special_tokens=False)
-    waited_full = [decode(g[:n]) + wait_text + decode(w) for g, (n, _), w in zip(greedy, think, waited)]
+    waited_full = [th + wait_text + decode(w) for th, w in zip(greedy_thinking, waited)]
     wait_ok = [task.is_correct(p, t) for p, t in zip(problems, waited_full)]
     wait_extra = [thinking_length(fmt, tokenizer, w)[0] for w in waited]
     wait_changed = [task.extract_answer(a) != task.extract_answer(b) for a, b in zip(greedy_text, waited_full)]

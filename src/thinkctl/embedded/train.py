@@ -163,17 +163,14 @@ def encode_examples(tokenizer: Any, examples: list[Example]) -> tuple[list[np.nd
     answers = tokenizer([" " + e.answer for e in examples], add_special_tokens=False)["input_ids"]
     ids_out, mask_out = [], []
     for i, (e, p, t, a) in enumerate(zip(examples, prompts, thoughts, answers)):
-        if e.forced:
-            # budget forcing appends "</think>\nFinal Answer:" where it cuts; a newline may or may not precede it
-            body = t + close_ids
-            body_mask = [0] * len(body)
-        else:
-            body = t + close_ids
-            body_mask = [1] * len(body)
-            if e.no_loss:
-                for k, (start, end) in enumerate(encoded["offset_mapping"][i]):
-                    if any(start < b and a < end for a, b in e.no_loss):
-                        body_mask[k] = 0
+        # a forced example learns only its answer: budget forcing appends "</think>\nFinal Answer:" where it cuts
+        # (a newline may or may not precede it); a full one learns its thinking too, but for its no-loss spans
+        body = t + close_ids
+        body_mask = [0 if e.forced else 1] * len(body)
+        if e.no_loss and not e.forced:
+            for k, (start, end) in enumerate(encoded["offset_mapping"][i]):
+                if any(start < hi and lo < end for lo, hi in e.no_loss):
+                    body_mask[k] = 0
         ids = p + body + a + [end_id]
         mask = [0] * len(p) + body_mask + [1] * (len(a) + 1)
         ids_out.append(np.asarray(ids, dtype=np.int64))
