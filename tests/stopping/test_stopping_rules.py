@@ -80,6 +80,24 @@ def test_probe_every_row_at_once_and_label_outputs_become_float_confidences(tap)
     assert probe.confidence.tolist() == [1.0, 0.0, 1.0]
 
 
+def test_probe_history_read_mid_generation_stays_current_and_owns_its_numbers(tap):
+    # history is built from the per-step log when read: a read between steps must see later probes, and the
+    # caller's lists (the tracker updates its counts in place) must not change recorded pairs
+    probe = ProbeStopping(tap, lambda h: torch.tensor([0.1, 0.2, 0.3]), threshold=None, every=1)
+    x = ids()
+    tap.latest[1] = torch.randn(3, 32)
+    probe.begin(x)
+    counts = [1, 1, 1]
+    probe.update(x, None, [True] * 3, counts)
+    assert [[n for n, _ in h] for h in probe.history] == [[1], [1], [1]]
+    counts[0] = 99  # the caller reuses its list
+    probe.update(x, None, [True, False, True], [2, 2, 2])  # row 1 has stopped thinking: rows 0 and 2 only
+    assert [[n for n, _ in h] for h in probe.history] == [[1, 2], [1], [1, 2]]
+    assert probe.history[2][1] == (2, pytest.approx(0.3)) and probe.probes.tolist() == [2, 1, 2]
+    probe.begin(x)
+    assert probe.history == [[], [], []]
+
+
 def test_probe_delimiters_and_none_threshold(tok, tap):
     nl = tok.encode("\n")[0]
     probe = ProbeStopping(tap, lambda h: torch.ones(h.shape[0]), threshold=None, every=None, delimiters=("\n",),

@@ -30,6 +30,8 @@ def test_forward_matches_output_hidden_states(arch, tok, models_for):
         # the last layer's raw output is not in hidden_states; its final norm is
         torch.testing.assert_close(final_norm_module(model)(tap.get(-1)), hs[-1][:, -1])
         assert tap.steps == 1
+        for held in tap.latest.values():  # a prefill's newest position is copied out of the (B, T, hidden) output
+            assert held.untyped_storage().nbytes() == held.numel() * held.element_size()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -181,7 +181,10 @@ def _due(n_tokens: Sequence[int], thinking: Sequence[bool], stop: Sequence[bool]
     ``every`` thinking tokens, at a count listed in ``at``, or right after a delimiter token (``newest`` holds each
     row's newest token)."""
     lo = max(1, min_tokens)
-    rows = [r for r, (th, n, s) in enumerate(zip(thinking, n_tokens, stop)) if th and n >= lo and not s]
+    if False not in thinking and True not in stop and min(n_tokens, default=lo) >= lo:
+        rows: list[int] = list(range(len(n_tokens)))  # the usual step: every row eligible (three C-level scans)
+    else:
+        rows = [r for r, (th, n, s) in enumerate(zip(thinking, n_tokens, stop)) if th and n >= lo and not s]
     if every == 1:
         return rows
     return [r for r in rows if (every is not None and n_tokens[r] % every == 0) or n_tokens[r] in at
@@ -348,7 +351,22 @@ class ProbeStopping(StopRule):
         self._confidence: list[float] = []
         self._probes: list[int] = []
         self._fired_at: list[int] = []
-        self.history: list[list[tuple[int, float]]] = []
+        # one entry per probe step, (rows or None for all, thinking tokens, confidences); the per-row history is
+        # built from it when read, so a probe step appends one record rather than one pair per row
+        self._log: list[tuple[list[int] | None, list[int], list[float]]] = []
+        self._history: list[list[tuple[int, float]]] | None = None
+
+    @property
+    def history(self) -> list[list[tuple[int, float]]]:
+        """Per row, one ``(thinking_tokens, confidence)`` pair per probe, in order (built when read; do not
+        modify it)."""
+        if self._history is None:
+            history: list[list[tuple[int, float]]] = [[] for _ in self._probes]
+            for rows, counts, conf in self._log:
+                for r, n, c in zip(range(len(history)) if rows is None else rows, counts, conf):
+                    history[r].append((n, c))
+            self._history = history
+        return self._history
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -370,7 +388,8 @@ class ProbeStopping(StopRule):
         self._confidence = [math.nan] * b
         self._probes = [0] * b
         self._fired_at = [-1] * b
-        self.history = [[] for _ in range(b)]
+        self._log = []
+        self._history = None
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """Confidence for a batch of hidden states.
@@ -420,16 +439,16 @@ class ProbeStopping(StopRule):
                                f"{b}; is the tap attached to the model that generates?")
         conf = self._probabilities(hidden).tolist()  # the one device-to-host copy, on probe steps only
         if len(due) == b:  # every row probed (every=1, or rows in step): whole-batch bookkeeping
-            self._confidence = conf
+            self._confidence = conf[:]
             self._probes = [k + 1 for k in self._probes]
-            for h, n, c in zip(self.history, n_tokens, conf):
-                h.append((n, c))
+            self._log.append((None, list(n_tokens), conf))
         else:
-            confidence, probes, history = self._confidence, self._probes, self.history
+            confidence, probes = self._confidence, self._probes
             for r in due:
                 confidence[r] = conf[r]
                 probes[r] += 1
-                history[r].append((n_tokens[r], conf[r]))
+            self._log.append((due, [n_tokens[r] for r in due], [conf[r] for r in due]))
+        self._history = None
         threshold = self.threshold
         if threshold is not None:
             for r in due:

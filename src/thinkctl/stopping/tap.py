@@ -89,8 +89,9 @@ def _newest(output: Any) -> torch.Tensor:
     last = hidden.select(1, -1)  # (B, hidden)
     if last.requires_grad:  # generate runs without autograd; a direct forward pass with it keeps no graph here
         last = last.detach()
-    # clone: a view would keep the whole (B, T, hidden) prefill activation alive
-    return last.clone()
+    # a decoding step's output is (B, 1, hidden): its last position is all of it, so the view keeps nothing more
+    # alive; a longer one (the prefill) is cloned, since a view would keep the whole (B, T, hidden) activation
+    return last if hidden.shape[1] == 1 else last.clone()
 
 
 class HiddenStateTap:
