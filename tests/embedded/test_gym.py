@@ -9,7 +9,8 @@ import pytest
 
 from thinkctl.cli import main
 from thinkctl.embedded import load_embedded
-from thinkctl.embedded.gym import GymConfig, _majority, _middle, _per_level, gym_report, self_rechecked
+from thinkctl.embedded.gym import (GymConfig, _majority, _middle, _per_level, gym_report, paired_step,
+                                   self_rechecked)
 from thinkctl.embedded.train import ModelShape, TrainConfig, train
 
 TINY = TrainConfig(n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
@@ -54,6 +55,9 @@ def test_report_has_every_measure_for_every_family(tiny_model):
             row = fam["by_level"][lvl]
             assert {"greedy", "forced"} <= set(row)
             assert 0.0 <= row["self_rechecked"] <= 1.0
+        assert list(fam["forced_steps"]) == ["0.25->0.5", "0.5->0.75", "0.75->1.0"]
+        for step in fam["forced_steps"].values():
+            assert step["gained"] + step["lost"] <= fam["n_problems"] and 0.0 <= step["mcnemar_p"] <= 1.0
             if lvl in voted:
                 assert row["single_sample"]["n"] == 2 * row["greedy"]["n"] and "majority@2" in row
             else:
@@ -99,3 +103,14 @@ def test_auto_prompt_style_knows_train_embedded_checkpoints(tmp_path):
 def test_self_rechecked_counts_wait_lines_the_model_wrote():
     thinking = ["4-3=1\nWait, let me check.\n1+3=4 ok\n", "4-3=1\n", "Wait, 4-3=1\n", "it said Wait\n", ""]
     assert self_rechecked(thinking, "Wait") == [True, False, True, False, False]
+
+
+def test_paired_step_counts_changed_problems_and_tests_them_exactly():
+    before = [True] * 6 + [False] * 4
+    after = [False] * 6 + [False] * 4  # six lost, none gained: two-sided binomial p = 2 / 2**6
+    assert paired_step(before, after) == {"gained": 0, "lost": 6, "delta": -0.6, "mcnemar_p": 0.0312}
+    mixed = paired_step([True, False, True, False], [False, True, True, False])  # one each way: no evidence
+    assert (mixed["gained"], mixed["lost"], mixed["delta"], mixed["mcnemar_p"]) == (1, 1, 0.0, 1.0)
+    assert paired_step([True, False], [True, False])["mcnemar_p"] == 1.0  # nothing changed
+    with pytest.raises(ValueError, match="same problems"):
+        paired_step([True], [True, False])

@@ -4,7 +4,9 @@ For each task family, on fresh problems (a seed never used in training) spread e
 
 1. greedy accuracy per level (easiest >= 0.90, hardest <= 0.40 for the embedded model);
 2. single-sample accuracy and majority vote over ``samples`` samples per level (parallel scaling);
-3. the answer forced after 25 / 50 / 60 / 75 / 100 % of the natural thinking length (serial scaling);
+3. the answer forced after 25 / 50 / 60 / 75 / 100 % of the natural thinking length (serial scaling), with each
+   step of the 25 / 50 / 75 / 100 % curve compared on the same problems (answers gained and lost, exact McNemar
+   p-value), which says whether a dip or a rise is more than the draw of the problems;
 4. overthinking: on correctly solved problems, how often the answer forced at 60 % is already right;
 5. "Wait" appended where the model ends its thinking: does it reason further, and what does that do to accuracy;
    and, per level, the share of greedy traces that re-check by themselves (write ``wait_text`` before closing
@@ -71,10 +73,32 @@ class GymConfig:
             raise ValueError(f"fractions={self.fractions} must lie in [0, 1]")
 
 
+#: The forced-answer fractions of target 3's curve.
+CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
 def _acc(flags: Sequence[bool]) -> dict[str, Any]:
     k, n = int(sum(flags)), len(flags)
     lo, hi = wilson_interval(k, n)
     return {"accuracy": k / n if n else None, "n": n, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def paired_step(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
+    """How right/wrong flags of the same problems change from one measurement to the next.
+
+    Returns the problems ``gained`` (wrong before, right after) and ``lost``, the change in accuracy, and the exact
+    two-sided McNemar p-value: a binomial test of gained against lost among the problems that changed (1.0 when
+    none did). A small p says the change is more than the draw of the problems.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired flags need the same problems: {len(before)} before, {len(after)} after")
+    from scipy.stats import binomtest
+
+    gained = sum(1 for a, b in zip(before, after) if b and not a)
+    lost = sum(1 for a, b in zip(before, after) if a and not b)
+    p = float(binomtest(gained, gained + lost, 0.5).pvalue) if gained + lost else 1.0
+    return {"gained": gained, "lost": lost, "delta": (gained - lost) / len(before) if before else 0.0,
+            "mcnemar_p": round(p, 4)}
 
 
 def _majority(answers: Sequence[str | None]) -> str | None:
@@ -189,12 +213,15 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
         })
     correct_idx = [i for i, ok in enumerate(greedy_ok) if ok]
     early = [forced_ok[cfg.overthink_fraction][i] for i in correct_idx]
+    curve_fractions = [f for f in CURVE_FRACTIONS if f in forced_ok]
     return {
         "n_problems": len(problems),
         "levels": [str(v) for v in levels],
         "greedy": _acc(greedy_ok),
         "by_level": by_level,
         "forced": {str(f): _acc(v) for f, v in forced_ok.items()},
+        "forced_steps": {f"{a}->{b}": paired_step(forced_ok[a], forced_ok[b])
+                         for a, b in zip(curve_fractions, curve_fractions[1:])},
         "overthinking": {
             "fraction": cfg.overthink_fraction,
             "early_right_among_correct": _acc(early),
@@ -221,13 +248,15 @@ def _targets(fam: dict[str, Any], samples: int) -> dict[str, Any]:
     gains = {lvl: fam["by_level"][lvl][f"majority@{samples}"]["accuracy"] - fam["by_level"][lvl]["single_sample"]["accuracy"]
              for lvl in mid}
     f = fam["forced"]
-    curve = [f[k]["accuracy"] for k in ("0.25", "0.5", "0.75", "1.0") if k in f]
+    curve = [f[str(k)]["accuracy"] for k in CURVE_FRACTIONS if str(k) in f]
     return {
         "1_easiest_greedy_ge_0.90": {"value": easiest["greedy"]["accuracy"], "met": easiest["greedy"]["accuracy"] >= 0.90},
         "1_hardest_greedy_le_0.40": {"value": hardest["greedy"]["accuracy"], "met": hardest["greedy"]["accuracy"] <= 0.40},
         "2_vote_gain_middle_levels_ge_0.05": {"levels": mid, "gains": gains,
                                               "met": all(g >= 0.05 for g in gains.values())},
         "3_forced_accuracy_rises": {"curve_25_50_75_100": curve,
+                                    "steps_gained_lost_p": {k: [v["gained"], v["lost"], v["mcnemar_p"]]
+                                                            for k, v in fam.get("forced_steps", {}).items()},
                                     "met": all(b >= a for a, b in zip(curve, curve[1:])) and curve[-1] > curve[0]},
         "4_overthinking_ge_0.30": {"value": fam["overthinking"]["early_right_among_correct"]["accuracy"],
                                    "met": (fam["overthinking"]["early_right_among_correct"]["accuracy"] or 0) >= 0.30},
