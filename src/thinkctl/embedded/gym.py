@@ -203,8 +203,8 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
         if lvl in voted_levels:
             by_level[str(lvl)]["single_sample"] = _acc([_right(task, problems[i], a)
                                                         for i in idx for a in sample_answers[i]])
-            by_level[str(lvl)][f"majority@{cfg.samples}"] = _acc([_right(task, problems[i], _majority(sample_answers[i]))
-                                                                  for i in idx])
+            by_level[str(lvl)][f"majority@{cfg.samples}"] = _acc(
+                [_right(task, problems[i], _majority(sample_answers[i])) for i in idx])
         by_level[str(lvl)].update({
             "forced": {str(f): _acc([forced_ok[f][i] for i in idx]) for f in cfg.fractions},
             "thinking_tokens_mean": float(np.mean([think[i][0] for i in idx])),
@@ -245,13 +245,15 @@ def _targets(fam: dict[str, Any], samples: int) -> dict[str, Any]:
     levels = fam["levels"]
     easiest, hardest = fam["by_level"][levels[0]], fam["by_level"][levels[-1]]
     mid = _middle(levels)
-    gains = {lvl: fam["by_level"][lvl][f"majority@{samples}"]["accuracy"] - fam["by_level"][lvl]["single_sample"]["accuracy"]
-             for lvl in mid}
+    by = fam["by_level"]
+    gains = {lvl: by[lvl][f"majority@{samples}"]["accuracy"] - by[lvl]["single_sample"]["accuracy"] for lvl in mid}
     f = fam["forced"]
     curve = [f[str(k)]["accuracy"] for k in CURVE_FRACTIONS if str(k) in f]
     return {
-        "1_easiest_greedy_ge_0.90": {"value": easiest["greedy"]["accuracy"], "met": easiest["greedy"]["accuracy"] >= 0.90},
-        "1_hardest_greedy_le_0.40": {"value": hardest["greedy"]["accuracy"], "met": hardest["greedy"]["accuracy"] <= 0.40},
+        "1_easiest_greedy_ge_0.90": {"value": easiest["greedy"]["accuracy"],
+                                     "met": easiest["greedy"]["accuracy"] >= 0.90},
+        "1_hardest_greedy_le_0.40": {"value": hardest["greedy"]["accuracy"],
+                                     "met": hardest["greedy"]["accuracy"] <= 0.40},
         "2_vote_gain_middle_levels_ge_0.05": {"levels": mid, "gains": gains,
                                               "met": all(g >= 0.05 for g in gains.values())},
         "3_forced_accuracy_rises": {"curve_25_50_75_100": curve,
