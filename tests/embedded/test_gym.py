@@ -55,13 +55,16 @@ def test_report_has_every_measure_for_every_family(tiny_model):
             row = fam["by_level"][lvl]
             assert {"greedy", "forced"} <= set(row)
             assert 0.0 <= row["self_rechecked"] <= 1.0
-        assert list(fam["forced_steps"]) == ["0.25->0.5", "0.5->0.75", "0.75->1.0"]
-        for step in fam["forced_steps"].values():
-            assert step["gained"] + step["lost"] <= fam["n_problems"] and 0.0 <= step["mcnemar_p"] <= 1.0
             if lvl in voted:
                 assert row["single_sample"]["n"] == 2 * row["greedy"]["n"] and "majority@2" in row
             else:
                 assert "single_sample" not in row
+        assert list(fam["forced_steps"]) == ["0.25->0.5", "0.5->0.75", "0.75->1.0"]
+        for key, step in fam["forced_steps"].items():
+            a, b = key.split("->")
+            assert step["gained"] + step["lost"] <= fam["n_problems"] and 0.0 <= step["mcnemar_p"] <= 1.0
+            # the paired change is the change of the two accuracies on the same problems
+            assert step["delta"] == pytest.approx(fam["forced"][b]["accuracy"] - fam["forced"][a]["accuracy"])
         t = fam["targets"]
         assert {"1_easiest_greedy_ge_0.90", "2_vote_gain_middle_levels_ge_0.05", "3_forced_accuracy_rises",
                 "4_overthinking_ge_0.30", "5_wait_effect"} <= set(t)

@@ -258,7 +258,7 @@ def _targets(fam: dict[str, Any], samples: int) -> dict[str, Any]:
                                               "met": all(g >= 0.05 for g in gains.values())},
         "3_forced_accuracy_rises": {"curve_25_50_75_100": curve,
                                     "steps_gained_lost_p": {k: [v["gained"], v["lost"], v["mcnemar_p"]]
-                                                            for k, v in fam.get("forced_steps", {}).items()},
+                                                            for k, v in fam["forced_steps"].items()},
                                     "met": all(b >= a for a, b in zip(curve, curve[1:])) and curve[-1] > curve[0]},
         "4_overthinking_ge_0.30": {"value": fam["overthinking"]["early_right_among_correct"]["accuracy"],
                                    "met": (fam["overthinking"]["early_right_among_correct"]["accuracy"] or 0) >= 0.30},
