@@ -116,6 +116,21 @@ def test_masked_slips_are_read_but_never_trained_on(tmp_path):
     assert [x.tolist() for x in ids_p] == [x.tolist() for x in ids_m]  # same tokens, only the mask differs
 
 
+def test_family_overrides_set_one_familys_style_and_masking():
+    cfg = replace(TINY, n_problems=600, mask_slips=True, style=replace(TINY.style, p_slip=0.5),
+                  family_overrides={"modeq": {"p_slip": 0.2, "mask_slips": False}})
+    mirrored = replace(TINY, n_problems=600, mask_slips=False, style=replace(TINY.style, p_slip=0.2),
+                       family_overrides={"arith": {"p_slip": 0.5, "mask_slips": True}})
+    assert cfg.family_setup("arith") == (replace(TINY.style, p_slip=0.5), True)
+    assert cfg.family_setup("modeq") == (replace(TINY.style, p_slip=0.2), False)
+    examples = build_examples(cfg)
+    assert examples == build_examples(mirrored)  # the same setup, spelled from the other side
+    is_arith = ["Evaluate from left to right" in e.prompt for e in examples]
+    masked = [e for e in examples if e.no_loss]
+    assert masked and all(is_arith[examples.index(e)] for e in masked)  # only arith's slips leave the loss
+    assert any(not a and not e.forced for a, e in zip(is_arith, examples))  # and modeq's full traces are there
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="forced_fraction"):
         TrainConfig(forced_fraction=1.0)
@@ -123,6 +138,12 @@ def test_bad_config_is_rejected():
         TrainConfig(answer_cut_share=1.5)
     with pytest.raises(ValueError, match="num_attention_heads"):
         TrainConfig(shape=ModelShape(hidden_size=30, num_attention_heads=4))
+    with pytest.raises(ValueError, match="trained families are arith, modeq"):
+        TrainConfig(family_overrides={"lists": {"p_slip": 0.1}})
+    with pytest.raises(ValueError, match="sets p_slp; known keys"):
+        TrainConfig(family_overrides={"modeq": {"p_slp": 0.1}})
+    with pytest.raises(ValueError, match="p_slip=2.0 must be a probability"):
+        TrainConfig(family_overrides={"modeq": {"p_slip": 2.0}})
 
 
 def test_second_stage_continues_from_a_checkpoint(tmp_path):
@@ -141,12 +162,15 @@ def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
 
     rc = main(["train-embedded", "--tiny", "--out", str(tmp_path / "m"), "--p-check", "0.9", "--steps", "2",
                "--batch-size", "4", "--answer-cut-share", "0.5", "--split-checks", "--mask-slips", "--p-slip", "0.3",
-               "--device", "cpu", "--no-progress"])
+               "--family", "modeq:p_slip=0.1,mask_slips=false", "--device", "cpu", "--no-progress"])
     assert rc == 0
     cfg = json.loads((tmp_path / "m" / "thinkctl_embedded.json").read_text())["config"]
     assert cfg["style"]["p_check"] == 0.9 and cfg["steps"] == 2 and cfg["batch_size"] == 4
     assert cfg["answer_cut_share"] == 0.5 and cfg["mask_slips"] is True
     assert cfg["style"]["split_checks"] is True and cfg["style"]["p_slip"] == 0.3
+    assert cfg["family_overrides"] == {"modeq": {"p_slip": 0.1, "mask_slips": False}}
+    assert main(["train-embedded", "--tiny", "--out", str(tmp_path / "bad"), "--family", "modeq:p_slip"]) == 2
+    assert "'p_slip' is not KEY=VALUE" in capsys.readouterr().err
     assert main(["train-embedded", "--tiny", "--out", str(tmp_path / "bad"), "--p-check", "1.5"]) == 2
     assert "p_check=1.5 must be a probability" in capsys.readouterr().err
 

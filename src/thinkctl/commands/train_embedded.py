@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-cut-share", type=float, default=None,
                    help="share of arith's forced examples cut just after the '=' of the last forward step, the "
                         "answer one operation away (default: TrainConfig.answer_cut_share)")
+    p.add_argument("--family", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="override the trace style or slip masking for one family, e.g. "
+                        "'modeq:p_slip=0.15,mask_slips=false' (repeatable; keys: TraceStyle fields, mask_slips)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
     add_progress_argument(p)
 
@@ -75,6 +78,30 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, style=replace(cfg.style, p_check=args.p_check))
     if args.p_slip is not None:
         cfg = replace(cfg, style=replace(cfg.style, p_slip=args.p_slip))
+    if args.family:
+        cfg = replace(cfg, family_overrides=parse_family_overrides(args.family))
     out = train(args.out, cfg, progress=not args.no_progress, device=args.device)
     print(f"wrote {out}")
     return 0
+
+
+def parse_family_overrides(specs: list[str]) -> dict[str, dict[str, float | bool]]:
+    """``["modeq:p_slip=0.15,mask_slips=false"]`` -> ``{"modeq": {"p_slip": 0.15, "mask_slips": False}}``."""
+    out: dict[str, dict[str, float | bool]] = {}
+    for spec in specs:
+        family, sep, body = spec.partition(":")
+        if not sep or not family or not body:
+            raise ValueError(f"--family {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE], e.g. modeq:p_slip=0.15")
+        changes = out.setdefault(family.strip(), {})
+        for item in body.split(","):
+            key, eq, value = (part.strip() for part in item.partition("="))
+            if not eq or not key:
+                raise ValueError(f"--family {spec!r}: {item!r} is not KEY=VALUE")
+            if value.lower() in ("true", "false"):
+                changes[key] = value.lower() == "true"
+            else:
+                try:
+                    changes[key] = float(value)
+                except ValueError:
+                    raise ValueError(f"--family {spec!r}: {key}={value!r} is neither a number nor true/false") from None
+    return out

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,6 +73,10 @@ class TrainConfig:
     #: Keep the deliberately wrong results of slipped traces (:attr:`Thought.slips`) out of the loss: the model reads
     #: slips and learns to catch and repair them, but is never trained to make them.
     mask_slips: bool = False
+    #: Per-family changes to ``style`` and ``mask_slips``, e.g. ``{"modeq": {"p_slip": 0.15, "mask_slips": False}}``:
+    #: each family can sit at its own point of the trade-off between the vote gain (slips in the loss) and the
+    #: serial curve (slips masked). Keys are :class:`TraceStyle` fields and ``mask_slips``.
+    family_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     vocab_size: int = 384
     batch_size: int = 32               # the committed model: two stages of 3300 steps at batch 32
     lr: float = 3e-3
@@ -101,6 +105,21 @@ class TrainConfig:
         if self.shape.hidden_size % self.shape.num_attention_heads:
             raise ValueError(f"hidden_size={self.shape.hidden_size} must be divisible by "
                              f"num_attention_heads={self.shape.num_attention_heads}")
+        allowed = {f.name for f in fields(TraceStyle)} | {"mask_slips"}
+        for family, changes in self.family_overrides.items():
+            if family not in TASKS:
+                raise ValueError(f"family_overrides names {family!r}; the trained families are {', '.join(TASKS)}")
+            unknown = sorted(set(changes) - allowed)
+            if unknown:
+                raise ValueError(f"family_overrides[{family!r}] sets {', '.join(unknown)}; "
+                                 f"known keys: {', '.join(sorted(allowed))}")
+            self.family_setup(family)  # a bad value fails here, through TraceStyle's own checks
+
+    def family_setup(self, family: str) -> tuple[TraceStyle, bool]:
+        """The trace style and slip masking of ``family``: ``style`` and ``mask_slips`` with its overrides."""
+        changes = dict(self.family_overrides.get(family, {}))
+        mask = bool(changes.pop("mask_slips", self.mask_slips))
+        return (replace(self.style, **changes) if changes else self.style), mask
 
 
 # -- 1-2. problems and traces ----------------------------------------------------------------------------
@@ -121,12 +140,13 @@ def build_examples(cfg: TrainConfig) -> list[Example]:
     examples: list[Example] = []
     for t_i, name in enumerate(TASKS):
         task = get_task(name)
+        style, mask_slips = cfg.family_setup(name)
         levels = trained_levels(name)
         per_level = cfg.n_problems // (len(TASKS) * len(levels))
         for level in levels:
             for p in task.sample(per_level, seed=TRAIN_SEED_OFFSET + cfg.seed * 100 + t_i * 10 + level,
                                  level=level):
-                th = thought_for(name, p, rng, cfg.style)
+                th = thought_for(name, p, rng, style)
                 prompt = render_chat(p.prompt)
                 if rng.random() < cfg.forced_fraction:
                     # cut after a random number of characters; the answer is what the solver believed there,
@@ -141,7 +161,7 @@ def build_examples(cfg: TrainConfig) -> list[Example]:
                         cut, belief = th.answer_cut, th.answer_cut_belief
                     examples.append(Example(prompt, text[:cut], belief if belief is not None else p.answer, True))
                 else:
-                    examples.append(Example(prompt, th.text, th.answer, False, th.slips if cfg.mask_slips else ()))
+                    examples.append(Example(prompt, th.text, th.answer, False, th.slips if mask_slips else ()))
     order = rng.permutation(len(examples))
     return [examples[i] for i in order]
 
