@@ -126,8 +126,8 @@ def test_family_overrides_set_one_familys_style_and_masking():
     examples = build_examples(cfg)
     assert examples == build_examples(mirrored)  # the same setup, spelled from the other side
     is_arith = ["Evaluate from left to right" in e.prompt for e in examples]
-    masked = [e for e in examples if e.no_loss]
-    assert masked and all(is_arith[examples.index(e)] for e in masked)  # only arith's slips leave the loss
+    masked_is_arith = [a for a, e in zip(is_arith, examples) if e.no_loss]
+    assert masked_is_arith and all(masked_is_arith)  # only arith's slips leave the loss
     assert any(not a and not e.forced for a, e in zip(is_arith, examples))  # and modeq's full traces are there
 
 
