@@ -144,6 +144,12 @@ def test_bad_config_is_rejected():
         TrainConfig(family_overrides={"modeq": {"p_slp": 0.1}})
     with pytest.raises(ValueError, match="p_slip=2.0 must be a probability"):
         TrainConfig(family_overrides={"modeq": {"p_slip": 2.0}})
+    with pytest.raises(ValueError, match="p_slip=True must be a probability"):
+        TrainConfig(family_overrides={"modeq": {"p_slip": True}})
+    with pytest.raises(ValueError, match="split_checks=1.0 must be True or False"):
+        TrainConfig(family_overrides={"arith": {"split_checks": 1.0}})
+    with pytest.raises(ValueError, match="mask_slips=0.0; use True or False"):
+        TrainConfig(family_overrides={"arith": {"mask_slips": 0.0}})
 
 
 def test_second_stage_continues_from_a_checkpoint(tmp_path):

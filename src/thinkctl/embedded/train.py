@@ -113,6 +113,9 @@ class TrainConfig:
             if unknown:
                 raise ValueError(f"family_overrides[{family!r}] sets {', '.join(unknown)}; "
                                  f"known keys: {', '.join(sorted(allowed))}")
+            if not isinstance(changes.get("mask_slips", False), bool):
+                raise ValueError(f"family_overrides[{family!r}] sets mask_slips={changes['mask_slips']!r}; "
+                                 "use True or False")
             self.family_setup(family)  # a bad value fails here, through TraceStyle's own checks
 
     def family_setup(self, family: str) -> tuple[TraceStyle, bool]:
