@@ -57,10 +57,8 @@ class TraceStyle:
     def __post_init__(self) -> None:
         for name in ("p_check", "p_slip", "p_second_check"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{name}={v!r} must be a probability in [0, 1], a number")
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name}={v} must be a probability in [0, 1]")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}={v!r} must be a probability in [0, 1]")
         if not isinstance(self.split_checks, bool):
             raise ValueError(f"split_checks={self.split_checks!r} must be True or False")
 
