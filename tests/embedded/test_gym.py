@@ -13,7 +13,7 @@ from thinkctl.embedded.gym import (GymConfig, _majority, _middle, _per_level, gy
                                    self_rechecked)
 from thinkctl.embedded.train import ModelShape, TrainConfig, train
 
-TINY = TrainConfig(n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
+TINY = TrainConfig(compile=False, n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
                    shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
 
 

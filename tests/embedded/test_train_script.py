@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from thinkctl.embedded import load_embedded
+from thinkctl.embedded import METADATA_FILE, load_embedded
 from thinkctl.embedded.tokenizer import render_chat
 from thinkctl.embedded.train import (HELD_OUT_LEVELS, ModelShape, TrainConfig, build_examples, encode_examples, train,
                                      trained_levels)
 from thinkctl.tasks import get as get_task
 
-TINY = TrainConfig(n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300, checkpoint_every=2,
-                   shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
+TINY = TrainConfig(compile=False, n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300,
+                   checkpoint_every=2, shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
 
 
 def test_examples_are_deterministic_for_a_seed():
@@ -33,6 +34,23 @@ def test_held_out_levels_never_reach_the_training_data():
     prompts = [e.prompt for e in build_examples(replace(TINY, n_problems=1200))]
     assert not any("(mod 19)" in p for p in prompts)
     assert sum("(mod 17)" in p for p in prompts) == 1200 // 12  # each trained level gets its even share
+
+
+def test_compiled_training_follows_the_eager_loss_curve(tmp_path):
+    eager = train(tmp_path / "eager", TINY, progress=False)
+    compiled = train(tmp_path / "compiled", replace(TINY, compile=True), progress=False)
+    meta_e, meta_c = (json.loads((d / METADATA_FILE).read_text()) for d in (eager, compiled))
+    assert meta_e["compiled"] is False and meta_c["compiled"] is True
+    loss_e, loss_c = ([h[1] for h in m["loss_history"]] for m in (meta_e, meta_c))
+    assert len(loss_e) == TINY.steps and loss_c == pytest.approx(loss_e, abs=1e-3)
+
+
+def test_compile_without_a_cxx_compiler_trains_eagerly(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("thinkctl.embedded.train.shutil.which", lambda name: None)
+    with caplog.at_level("WARNING", logger="thinkctl.embedded.train"):
+        out = train(tmp_path / "m", replace(TINY, compile=True, steps=2), progress=False)
+    assert json.loads((out / METADATA_FILE).read_text())["compiled"] is False
+    assert "no C++ compiler" in caplog.text
 
 
 def test_forced_examples_train_only_on_the_answer(tmp_path):

@@ -19,7 +19,7 @@ from thinkctl.embedded.train import ModelShape, TrainConfig, train
 from thinkctl.generation import chat_prefix
 from thinkctl.traces import CollectConfig, TraceStore, collect
 
-TINY = TrainConfig(n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
+TINY = TrainConfig(compile=False, n_problems=240, steps=3, batch_size=8, warmup_steps=1, vocab_size=300,
                    shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
 CFG = CollectConfig(task="arith", n_problems=6, samples=2, max_new_tokens=20, every=4, shard_problems=2,
                     batch_size=8, forward_batch_size=4)

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                    help="override the trace style or slip masking for one family, e.g. "
                         "'modeq:p_slip=0.15,mask_slips=false' (repeatable; keys: TraceStyle fields, mask_slips)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="train eagerly instead of through torch.compile (about 30 %% slower steps; no C++ compiler "
+                        "needed)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
     add_progress_argument(p)
 
@@ -51,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(seed=args.seed)
     if args.tiny:
-        cfg = replace(cfg, n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300,
+        cfg = replace(cfg, compile=False, n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300,
                       shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2))
+    if args.no_compile:
+        cfg = replace(cfg, compile=False)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     if args.batch_size is not None:
