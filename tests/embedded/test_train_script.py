@@ -8,14 +8,16 @@ from dataclasses import replace
 import pytest
 import torch
 
+from thinkctl.cli import main
 from thinkctl.embedded import METADATA_FILE, load_embedded
 from thinkctl.embedded.tokenizer import render_chat
-from thinkctl.embedded.train import (HELD_OUT_LEVELS, ModelShape, TrainConfig, build_examples, encode_examples, train,
-                                     trained_levels)
+from thinkctl.embedded.train import (HELD_OUT_LEVELS, ModelShape, TrainConfig, bench_compile, build_examples,
+                                     encode_examples, train, trained_levels)
 from thinkctl.tasks import get as get_task
 
 TINY = TrainConfig(compile=False, n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300,
-                   checkpoint_every=2, shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
+                   checkpoint_every=2,
+                   shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
 
 
 def test_examples_are_deterministic_for_a_seed():
@@ -51,6 +53,27 @@ def test_compile_without_a_cxx_compiler_trains_eagerly(tmp_path, monkeypatch, ca
         out = train(tmp_path / "m", replace(TINY, compile=True, steps=2), progress=False)
     assert json.loads((out / METADATA_FILE).read_text())["compiled"] is False
     assert "no C++ compiler" in caplog.text
+
+
+def test_bench_compile_times_both_variants_on_the_same_batches():
+    result = bench_compile(TINY, steps=4, block=2, n_problems=240, progress=False)
+    assert result["steps"] == 4 and len(result["block_ratios"]) == 2
+    assert result["eager_s_per_step"] > 0 and result["compiled_s_per_step"] > 0 and result["compile_s"] >= 0
+    assert set(result["warmup_s"]) == {"eager", "compiled"}
+    assert result["ratio"] == pytest.approx(result["compiled_s_per_step"] / result["eager_s_per_step"])
+    assert result["max_abs_loss_diff"] < 1e-3  # the same initial weights and batches, so the same losses
+    with pytest.raises(ValueError, match="at least 1"):
+        bench_compile(TINY, steps=0)
+
+
+def test_bench_train_command_writes_its_figures_and_refuses_a_gpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench-train", "--tiny", "--json", str(out), "--bench-steps", "2", "--block", "1",
+                 "--bench-problems", "240", "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["steps"] == 2 and result["batch_size"] == 8 and len(result["block_ratios"]) == 2
+    assert main(["bench-train", "--tiny", "--json", str(out), "--device", "cuda"]) == 2
+    assert "drop --device" in capsys.readouterr().err
 
 
 def test_forced_examples_train_only_on_the_answer(tmp_path):

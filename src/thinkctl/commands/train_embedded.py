@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from thinkctl.commands._common import add_device_argument, add_progress_argument
+
+if TYPE_CHECKING:
+    from thinkctl.embedded.train import TrainConfig
 
 NAME = "train-embedded"
 HELP = "train the small embedded reasoning model on the built-in tasks (CPU, under an hour)"
@@ -14,6 +18,12 @@ DESCRIPTION = __doc__
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder to write (resumes if it holds a partial run)")
+    add_recipe_arguments(p)
+    add_progress_argument(p)
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that make up a training recipe (shared with ``thinkctl bench-train``)."""
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainConfig.steps)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -46,11 +56,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train eagerly instead of through torch.compile (about 30 %% slower steps; no C++ compiler "
                         "needed)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and data set, for smoke tests")
-    add_progress_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from thinkctl.embedded.train import ModelShape, TrainConfig, train
+    from thinkctl.embedded.train import train
+
+    out = train(args.out, config_from_args(args), progress=not args.no_progress, device=args.device)
+    print(f"wrote {out}")
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` the recipe options describe."""
+    from thinkctl.embedded.train import ModelShape, TrainConfig
 
     cfg = TrainConfig(seed=args.seed)
     if args.tiny:
@@ -85,9 +103,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, style=replace(cfg.style, p_slip=args.p_slip))
     if args.family:
         cfg = replace(cfg, family_overrides=parse_family_overrides(args.family))
-    out = train(args.out, cfg, progress=not args.no_progress, device=args.device)
-    print(f"wrote {out}")
-    return 0
+    return cfg
 
 
 def parse_family_overrides(specs: list[str]) -> dict[str, dict[str, float | bool]]:

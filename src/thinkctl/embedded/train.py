@@ -9,7 +9,8 @@
    A share of examples is cut short and forced to answer, as budget forcing will do at run time.
 3. A byte-level BPE tokenizer trained on that text, with a chat template whose generation prompt is the prefix
    the model is trained on.
-4. A small Llama (transformers ``LlamaForCausalLM``), trained with AdamW and a cosine schedule; the loss covers
+4. A small Llama (transformers ``LlamaForCausalLM``), trained with AdamW and a cosine schedule, its forward and
+   backward passes through ``torch.compile`` (eager with ``compile=False``); the loss covers
    the assistant's part only (and only the answer in forced examples, so the model never learns to stop
    thinking on its own at random points).
 5. ``save_pretrained`` (safetensors) + tokenizer files + ``thinkctl_embedded.json`` (config, seed, data
@@ -37,7 +38,7 @@ from thinkctl.embedded.traces import TraceStyle, thought_for
 from thinkctl.tasks import ANSWER_PREFIX, get as get_task
 
 __all__ = ["TrainConfig", "ModelShape", "build_examples", "encode_examples", "make_model", "make_batch", "train",
-           "trained_levels", "HELD_OUT_LEVELS"]
+           "trained_levels", "HELD_OUT_LEVELS", "bench_compile"]
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +251,68 @@ def make_batch(ids: list[np.ndarray], masks: list[np.ndarray], index: np.ndarray
     return torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(lab)
 
 
+def prepare_data(cfg: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
+    """The tokenizer (trained here, or ``cfg.init_from``'s) and the encoded examples: token ids and loss masks."""
+    examples = build_examples(cfg)
+    if cfg.init_from is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.init_from, local_files_only=True)
+    else:
+        tokenizer = build_tokenizer((e.prompt + e.thought + e.answer for e in examples[:20_000]),
+                                    vocab_size=cfg.vocab_size)
+    ids, masks = encode_examples(tokenizer, examples)
+    lengths = np.array([len(x) for x in ids])
+    logger.info("%d examples, mean length %.0f tokens, max %d", len(ids), lengths.mean(), lengths.max())
+    if lengths.max() > cfg.shape.max_position_embeddings:
+        raise ValueError(f"longest example has {lengths.max()} tokens, over max_position_embeddings="
+                         f"{cfg.shape.max_position_embeddings}; raise it in ModelShape")
+    return tokenizer, ids, masks
+
+
+def prepare_model(cfg: TrainConfig, tokenizer: Any, dev: torch.device) -> tuple[torch.nn.Module, torch.optim.AdamW]:
+    """The model (fresh from ``cfg.seed``, or ``cfg.init_from``'s weights) in training mode, and its optimizer."""
+    if cfg.init_from is not None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, local_files_only=True)
+    else:
+        model = make_model(cfg, tokenizer)
+    model.to(dev)
+    model.train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    return model, opt
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """One epoch's batches (example indices), shuffled. Batches of similar lengths waste less compute on padding:
+    each chunk of 64 batches is sorted by length before it is cut into batches."""
+    perm = np.random.default_rng([seed, 3, epoch]).permutation(len(lengths))
+    chunk = batch_size * 64
+    batches = []
+    for s in range(0, len(perm), chunk):
+        part = perm[s:s + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    return [batches[k] for k in np.random.default_rng([seed, 4, epoch]).permutation(len(batches))]
+
+
+def train_step(forward: Callable[..., Any], model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+               labels: torch.Tensor, grad_clip: float) -> float:
+    """One AdamW update of ``model`` through ``forward`` (the model or its compiled form); returns the loss."""
+    # Right padding under a causal mask never influences the real tokens, so no attention mask is passed:
+    # that keeps attention on the fast fused path (several times faster on CPU than a padded mask).
+    loss = forward(input_ids=x, labels=labels).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return float(loss.item())
+
+
 def compiled_forward(model: torch.nn.Module, want: bool, dev: torch.device) -> tuple[Callable[..., Any], bool]:
     """``torch.compile(model)`` when ``want`` and a compiler is available, else ``model``; and which it is."""
     if not want:
@@ -284,33 +347,9 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
 
-    examples = build_examples(cfg)
-    if cfg.init_from is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.init_from, local_files_only=True)
-    else:
-        tokenizer = build_tokenizer((e.prompt + e.thought + e.answer for e in examples[:20_000]),
-                                    vocab_size=cfg.vocab_size)
-    ids, masks = encode_examples(tokenizer, examples)
+    tokenizer, ids, masks = prepare_data(cfg)
     lengths = np.array([len(x) for x in ids])
-    logger.info("%d examples, mean length %.0f tokens, max %d", len(ids), lengths.mean(), lengths.max())
-    if lengths.max() > cfg.shape.max_position_embeddings:
-        raise ValueError(f"longest example has {lengths.max()} tokens, over max_position_embeddings="
-                         f"{cfg.shape.max_position_embeddings}; raise it in ModelShape")
-
-    if cfg.init_from is not None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, local_files_only=True)
-    else:
-        model = make_model(cfg, tokenizer)
-    model.to(dev)
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    model, opt = prepare_model(cfg, tokenizer, dev)
     step, history = 0, []
     if (resume / "state.pt").exists():
         state = torch.load(resume / "state.pt", weights_only=True, map_location=dev)
@@ -319,17 +358,6 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
         step = int(state["step"])
         history = json.loads((resume / "history.json").read_text())
         logger.info("resumed at step %d", step)
-
-    # Batches of similar lengths waste less compute on padding: sort each chunk of 64 batches by length.
-    def batch_order(epoch: int) -> list[np.ndarray]:
-        perm = np.random.default_rng([cfg.seed, 3, epoch]).permutation(len(ids))
-        chunk = cfg.batch_size * 64
-        batches = []
-        for s in range(0, len(perm), chunk):
-            part = perm[s:s + chunk]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            batches += [part[j:j + cfg.batch_size] for j in range(0, len(part), cfg.batch_size)]
-        return [batches[k] for k in np.random.default_rng([cfg.seed, 4, epoch]).permutation(len(batches))]
 
     forward, compiled = compiled_forward(model, cfg.compile, dev)
     per_epoch = math.ceil(len(ids) / cfg.batch_size)
@@ -341,27 +369,20 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
             break
         epoch, k = divmod(step, per_epoch)
         if epoch != order_epoch:
-            order_epoch, order = epoch, batch_order(epoch)
+            order_epoch, order = epoch, batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
         index = order[k]
         x, _, lab = make_batch(ids, masks, index, tokenizer.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        # Right padding under a causal mask never influences the real tokens, so no attention mask is passed:
-        # that keeps attention on the fast fused path (several times faster on CPU than a padded mask).
         try:
-            loss = forward(input_ids=x.to(dev), labels=lab.to(dev)).loss
+            loss_value = train_step(forward, model, opt, x.to(dev), lab.to(dev), cfg.grad_clip)
         except Exception as exc:  # a compiler failure shows on the first call; eager then raises any real error
             if forward is model:
                 raise
             logger.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__, exc)
             forward, compiled = model, False
-            loss = forward(input_ids=x.to(dev), labels=lab.to(dev)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+            loss_value = train_step(forward, model, opt, x.to(dev), lab.to(dev), cfg.grad_clip)
         step += 1
-        loss_value = loss.item()
         history.append([step, round(loss_value, 5)])
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -401,3 +422,77 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
             f.unlink()
         resume.rmdir()
     return out
+
+
+# -- benchmark: eager against compiled steps -------------------------------------------------------------------
+
+def bench_compile(cfg: TrainConfig, *, steps: int = 60, block: int = 10, warmup: int = 4, n_problems: int = 20_000,
+                  progress: bool = True) -> dict[str, Any]:
+    """Time ``cfg``'s training step eager and through ``torch.compile`` in one run, on the same batches.
+
+    Two copies of the same initial model train side by side on the first ``steps`` batches of ``cfg``'s data (built
+    from ``n_problems`` problems, so the lengths are the recipe's): blocks of ``block`` steps alternate between them,
+    so a drift in the machine's speed hits both. Each copy first takes ``warmup`` untimed steps (the compiled one
+    compiles at its first call and again at the first change of batch width, when it turns dynamic); the compiled
+    warm-up's excess over the eager one is reported as ``compile_s``. Returns seconds per step of each, their ratio
+    (mean times, and the median of the per-block ratios), and the largest loss difference between the copies.
+    """
+    from tqdm.auto import tqdm
+
+    if min(steps, block, warmup, n_problems) < 1:
+        raise ValueError(f"steps={steps}, block={block}, warmup={warmup} and n_problems={n_problems} must all be at "
+                         "least 1")
+    torch.set_num_threads(cfg.threads)
+    cfg = replace(cfg, n_problems=min(cfg.n_problems, n_problems))
+    dev = torch.device("cpu")
+    tokenizer, ids, masks = prepare_data(cfg)
+    lengths = np.array([len(x) for x in ids])
+    eager, opt_e = prepare_model(cfg, tokenizer, dev)
+    twin, opt_c = prepare_model(cfg, tokenizer, dev)  # the same initial weights: same seed, or the same init_from
+    compiled, ok = compiled_forward(twin, True, dev)
+    if not ok:
+        raise RuntimeError("torch.compile is unavailable here (no C++ compiler on PATH); install g++ to benchmark it")
+    n_batches = warmup + steps
+    batches = [b for epoch in range(math.ceil(n_batches * cfg.batch_size / len(ids)) + 1)
+               for b in batch_order(lengths, cfg.batch_size, cfg.seed, epoch)][:n_batches]
+    tensors = [make_batch(ids, masks, b, tokenizer.pad_token_id) for b in batches]
+    for g in opt_e.param_groups + opt_c.param_groups:
+        g["lr"] = cfg.lr * 0.1  # a fixed small rate: the benchmark measures time, not a schedule
+
+    variants = (("eager", eager, eager, opt_e), ("compiled", compiled, twin, opt_c))
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    losses: dict[str, list[float]] = {"eager": [], "compiled": []}
+    warm_s = {}
+    for name, fwd, model, opt in variants:
+        t0 = time.perf_counter()
+        losses[name] += [train_step(fwd, model, opt, x, lab, cfg.grad_clip) for x, _, lab in tensors[:warmup]]
+        warm_s[name] = time.perf_counter() - t0
+    bar = tqdm(total=2 * steps, disable=not progress, desc="bench-compile")
+    for start in range(warmup, warmup + steps, block):
+        for name, fwd, model, opt in variants:
+            for x, _, lab in tensors[start:min(start + block, warmup + steps)]:
+                t0 = time.perf_counter()
+                losses[name].append(train_step(fwd, model, opt, x, lab, cfg.grad_clip))
+                times[name].append(time.perf_counter() - t0)
+                bar.update(1)
+    bar.close()
+    block_ratios = [sum(times["compiled"][i:i + block]) / sum(times["eager"][i:i + block])
+                    for i in range(0, steps, block)]
+    eager_s, compiled_s = (float(np.mean(times[k])) for k in ("eager", "compiled"))
+    compile_s = max(0.0, warm_s["compiled"] - warm_s["eager"])  # 0 when the compiled code came from the cache
+    return {
+        "steps": steps, "block": block, "warmup": warmup, "batch_size": cfg.batch_size, "threads": cfg.threads,
+        "mean_tokens": float(lengths.mean()),
+        "mean_batch_width": float(np.mean([t[0].shape[1] for t in tensors[warmup:]])),
+        "eager_s_per_step": eager_s, "compiled_s_per_step": compiled_s,
+        "ratio": compiled_s / eager_s,
+        "median_block_ratio": float(np.median(block_ratios)),
+        "block_ratios": block_ratios,
+        "warmup_s": warm_s,
+        "compile_s": compile_s,
+        # steps after which compiling has paid for itself (None when the compiled step is not faster)
+        "break_even_steps": compile_s / (eager_s - compiled_s) if compiled_s < eager_s else None,
+        "max_abs_loss_diff": float(max(abs(a - b) for a, b in zip(losses["eager"], losses["compiled"]))),
+        "torch": torch.__version__,
+    }
+
