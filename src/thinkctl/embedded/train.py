@@ -90,9 +90,10 @@ class TrainConfig:
     max_minutes: float = 55.0          # hard wall-clock cap; the schedule is by steps
     checkpoint_every: int = 250
     threads: int = 2
-    #: Run the forward and backward passes through ``torch.compile`` (about 30 % faster steps on the CPU for ~45 s of
-    #: compiling up front; numerics agree with eager to float rounding). Falls back to eager, with a warning, when
-    #: no C++ compiler is found or compiling fails. Tiny smoke runs are faster without it.
+    #: Run the forward and backward passes through ``torch.compile``: a step cost 0.65-0.86 of an eager one on 2 CPU
+    #: cores (``thinkctl bench-train``), after about 70 s of compiling (about 20 s from the cache); numerics agree
+    #: with eager to float rounding. Falls back to eager, with a warning, when no C++ compiler is found or compiling
+    #: fails. Tiny smoke runs are faster without it.
     compile: bool = True
     shape: ModelShape = field(default_factory=ModelShape)
     style: TraceStyle = field(default_factory=TraceStyle)
@@ -251,8 +252,9 @@ def make_batch(ids: list[np.ndarray], masks: list[np.ndarray], index: np.ndarray
     return torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(lab)
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
-    """The tokenizer (trained here, or ``cfg.init_from``'s) and the encoded examples: token ids and loss masks."""
+def prepare_data(cfg: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """The tokenizer (trained here, or ``cfg.init_from``'s) and the encoded examples: token ids, loss masks and
+    lengths."""
     examples = build_examples(cfg)
     if cfg.init_from is not None:
         from transformers import AutoTokenizer
@@ -267,7 +269,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.ndarr
     if lengths.max() > cfg.shape.max_position_embeddings:
         raise ValueError(f"longest example has {lengths.max()} tokens, over max_position_embeddings="
                          f"{cfg.shape.max_position_embeddings}; raise it in ModelShape")
-    return tokenizer, ids, masks
+    return tokenizer, ids, masks, lengths
 
 
 def prepare_model(cfg: TrainConfig, tokenizer: Any, dev: torch.device) -> tuple[torch.nn.Module, torch.optim.AdamW]:
@@ -319,7 +321,7 @@ def compiled_forward(model: torch.nn.Module, want: bool, dev: torch.device) -> t
         return model, False
     if dev.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         logger.warning("no C++ compiler on PATH, which torch.compile needs on the CPU; training eagerly "
-                       "(install g++ for ~30 %% faster steps)")
+                       "(install g++ for faster steps)")
         return model, False
     # dynamic shapes: batch widths vary from step to step, and one graph serves them all
     return torch.compile(model, dynamic=True), True
@@ -347,8 +349,7 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
 
-    tokenizer, ids, masks = prepare_data(cfg)
-    lengths = np.array([len(x) for x in ids])
+    tokenizer, ids, masks, lengths = prepare_data(cfg)
     model, opt = prepare_model(cfg, tokenizer, dev)
     step, history = 0, []
     if (resume / "state.pt").exists():
@@ -445,8 +446,7 @@ def bench_compile(cfg: TrainConfig, *, steps: int = 60, block: int = 10, warmup:
     torch.set_num_threads(cfg.threads)
     cfg = replace(cfg, n_problems=min(cfg.n_problems, n_problems))
     dev = torch.device("cpu")
-    tokenizer, ids, masks = prepare_data(cfg)
-    lengths = np.array([len(x) for x in ids])
+    tokenizer, ids, masks, lengths = prepare_data(cfg)
     eager, opt_e = prepare_model(cfg, tokenizer, dev)
     twin, opt_c = prepare_model(cfg, tokenizer, dev)  # the same initial weights: same seed, or the same init_from
     compiled, ok = compiled_forward(twin, True, dev)
@@ -495,4 +495,3 @@ def bench_compile(cfg: TrainConfig, *, steps: int = 60, block: int = 10, warmup:
         "max_abs_loss_diff": float(max(abs(a - b) for a, b in zip(losses["eager"], losses["compiled"]))),
         "torch": torch.__version__,
     }
-
