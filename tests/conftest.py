@@ -54,7 +54,7 @@ def _synthetic_store(path, n_problems=120, samples=3, seed=0):
 
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def synthetic_store():
     """Factory of small trace stores whose layer 1 carries the correctness signal."""
     return _synthetic_store

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from thinkctl.calibration.bundle import CalibrationConfig, calibrate_bundle
+from thinkctl.calibration.bundle import (CalibrationConfig, bundle_report_entries, calibrate_bundle,
+                                         out_of_fold_logits)
 from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
 
 
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory, synthetic_store):
+    """One trained bundle for the module; each test calibrates its own copy (calibration writes into the bundle)."""
+    root = tmp_path_factory.mktemp("bundle_calibration")
+    store = synthetic_store(root / "traces", n_problems=200)
+    train_predictors(store, root / "bundle", PredictorTrainingConfig(n_bootstrap=50))
+    return root / "bundle"
+
+
 @pytest.fixture
-def bundle(tmp_path, synthetic_store):
-    store = synthetic_store(tmp_path / "traces", n_problems=200)
-    train_predictors(store, tmp_path / "bundle", PredictorTrainingConfig(n_bootstrap=50))
-    return tmp_path / "bundle"
+def bundle(trained_bundle, tmp_path):
+    return Path(shutil.copytree(trained_bundle, tmp_path / "bundle"))
 
 
 SYNTH_POINTS = (8, 16, 24)  # the synthetic store's checkpoints are at 8, 16, 24, 32 thinking tokens
@@ -24,7 +34,7 @@ SYNTH_POINTS = (8, 16, 24)  # the synthetic store's checkpoints are at 8, 16, 24
 
 def test_calibration_report_and_threshold(bundle):
     rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2, check_points=SYNTH_POINTS))
-    assert rep["calibrator"] in rep["cv_brier_on_calib"]
+    assert rep["calibrator"] in rep["cv_brier"]
     cal, raw = rep["test_calibrated"]["ece"], rep["test_uncalibrated"]["ece"]
     assert cal["ci95"][0] <= cal["value"] <= cal["ci95"][1]
     assert cal["value"] < max(raw["value"], 0.1)
@@ -41,7 +51,7 @@ def test_calibration_report_and_threshold(bundle):
 
 
 def test_impossible_risk_gives_no_threshold_and_says_why(bundle):
-    rep = calibrate_bundle(bundle, replace(CalibrationConfig(n_boot=50), epsilon=1e-4, delta=1e-3))
+    rep = calibrate_bundle(bundle, replace(CalibrationConfig(n_boot=50, train_folds=0), epsilon=1e-4, delta=1e-3))
     assert rep["risk_control"]["threshold"] is None
     assert rep["risk_control"]["reason"]
     assert "test_early_stopping" not in rep
@@ -58,17 +68,93 @@ def test_risk_is_certified_per_problem_not_per_sample(tmp_path, synthetic_store)
     for shard in sorted(store.path.glob("shard-*.jsonl")):  # forget which sample was greedy
         shard.write_text(shard.read_text().replace('"greedy": true', '"greedy": false'))
     train_predictors(TraceStore(store.path), tmp_path / "bundle", PredictorTrainingConfig(n_bootstrap=50))
-    rep = calibrate_bundle(tmp_path / "bundle", CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2,
+    rep = calibrate_bundle(tmp_path / "bundle", CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2, train_folds=0,
                                                                   check_points=SYNTH_POINTS))
     rc = rep["risk_control"]
     assert rc["method"] == "hoeffding-bentkus" and rc["units"].startswith("problems (mean loss")
     assert rc["n_calib_samples"] == 3 * rc["n_calib_problems"]
     # off-schedule checkpoints are ignored: a schedule the store never recorded cannot stop anything
     shutil.rmtree(tmp_path / "bundle" / "calibration")
-    rep = calibrate_bundle(tmp_path / "bundle", CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2,
+    rep = calibrate_bundle(tmp_path / "bundle", CalibrationConfig(n_boot=50, epsilon=0.2, delta=0.2, train_folds=0,
                                                                   check_points=(64, 128)))
     es = rep["test_early_stopping"]
     assert es["stopped_fraction"] == 0.0 and es["realised_risk"] == 0.0
+
+
+def test_calibrators_are_fitted_on_calib_plus_cross_fitted_train_logits(bundle):
+    meta = json.loads((bundle / "bundle.json").read_text())
+    rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=20, epsilon=0.2, delta=0.2, check_points=SYNTH_POINTS))
+    data = rep["calibration_data"]
+    oof = json.loads((bundle / "calibration" / "confidence_oof.json").read_text())
+    assert data["train_folds"] == 5 and oof["n"] == data["train_out_of_fold_checkpoints"] == len(oof["logits"]) > 0
+    assert oof["layer"] == meta["confidence_layer"] and np.isfinite(oof["logits"]).all()
+    # the report refits on the same data: calib checkpoints + the saved out-of-fold train logits
+    entry = bundle_report_entries(bundle)["confidence probe (forced answer right)"]
+    assert len(entry["scores"]) == data["calib_checkpoints"] + data["train_out_of_fold_checkpoints"]
+    np.testing.assert_allclose(entry["scores"][:oof["n"]], oof["logits"])
+    # the risk guarantee still rests on the calib problems alone
+    assert rep["risk_control"]["n_calib_problems"] == len(meta["split"]["calib"])
+
+
+def test_calib_split_alone_when_cross_fitting_is_off(bundle):
+    rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=20, train_folds=0, check_points=SYNTH_POINTS))
+    assert rep["calibration_data"]["train_out_of_fold_checkpoints"] == 0
+    assert rep["n_checkpoints"]["calib"] == rep["calibration_data"]["calib_checkpoints"]
+    assert not (bundle / "calibration" / "confidence_oof.json").exists()
+    entry = bundle_report_entries(bundle)["confidence probe (forced answer right)"]
+    assert len(entry["scores"]) == rep["n_checkpoints"]["calib"]
+
+
+def test_a_stale_out_of_fold_file_is_refused(bundle):
+    calibrate_bundle(bundle, CalibrationConfig(n_boot=20, train_folds=2, check_points=SYNTH_POINTS))
+    path = bundle / "calibration" / "confidence_oof.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "n": doc["n"] + 1}))
+    with pytest.raises(ValueError, match="rerun `thinkctl calibrate`"):
+        bundle_report_entries(bundle)
+
+
+class _Memorizer:
+    """A probe stand-in that scores 1 on rows it was trained on and 0 elsewhere (sklearn-clonable)."""
+
+    def __init__(self, tag: int = 0) -> None:
+        self.tag = tag
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"tag": self.tag}
+
+    def set_params(self, **params) -> "_Memorizer":
+        self.tag = params.get("tag", self.tag)
+        return self
+
+    def fit(self, X, y, *, groups=None) -> "_Memorizer":
+        self.seen_ = {tuple(r) for r in np.asarray(X).tolist()}
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return np.array([float(tuple(r) in self.seen_) for r in np.asarray(X).tolist()])
+
+
+def test_out_of_fold_logits_never_score_a_problem_with_a_probe_that_saw_it():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4).astype(str)
+    X = rng.normal(size=(len(groups), 3))
+    y = rng.integers(0, 2, len(groups))
+    out = out_of_fold_logits(_Memorizer(), X, y, groups, folds=5)
+    assert out.shape == (len(groups),) and (out == 0).all()
+
+
+@pytest.mark.parametrize("folds", [1, -2])
+def test_bad_train_folds(folds):
+    with pytest.raises(ValueError, match="train_folds"):
+        CalibrationConfig(train_folds=folds)
+
+
+def test_calibrate_command_rejects_bad_train_folds(bundle):
+    from thinkctl.cli import main
+
+    with pytest.raises(SystemExit, match="train_folds=1"):
+        main(["calibrate", "--bundle", str(bundle), "--train-folds", "1"])
 
 
 def test_not_a_bundle(tmp_path):
@@ -92,7 +178,7 @@ def test_calibrate_command_fits_the_routing_table_within_its_token_budget(bundle
     from thinkctl.controller.routing import ROUTE_KINDS, RoutingTable
 
     rc = main(["calibrate", "--bundle", str(bundle), "--n-bootstrap", "50", "--epsilon", "0.2", "--delta", "0.2",
-               "--route-budget", "2.0"])
+               "--route-budget", "2.0", "--train-folds", "0"])
     assert rc == 0, capsys.readouterr().err
     assert "routing table (fitted on the calib split)" in capsys.readouterr().out
     table = RoutingTable.load(bundle / "routing.json")

@@ -1,8 +1,15 @@
 """Calibrate a bundle's predictors and certify its early-stopping threshold (``thinkctl calibrate``).
 
-Uses only the bundle's ``calib`` problems to fit and the ``test`` problems to measure:
+Fits on the bundle's ``calib`` problems (and out-of-fold logits of its ``train`` problems) and measures on its
+``test`` problems:
 
-1. the confidence probe's logits -> each calibrator, chosen by grouped cross-validated Brier score on ``calib``;
+1. the confidence probe's logits -> each calibrator, chosen by grouped cross-validated Brier score. The calibration
+   data are the ``calib`` problems' checkpoints plus, by default, every ``train`` checkpoint scored by a probe
+   refitted without that checkpoint's problem (``train_folds``-fold cross-fitting by problem, the probe's own
+   settings). A few dozen calib problems alone leave the calibrator at the mercy of their right-answer rate (on the
+   embedded model's 240-problem bundle, 60 calib problems at 0.23 against 0.30 on test); cross-fitting gives it
+   four times the problems without touching ``calib``'s role in step 2. The out-of-fold logits are kept in
+   ``calibration/confidence_oof.json`` so that reports refit on the same data;
 2. Learn-then-Test (Angelopoulos et al. 2021) on ``calib`` problems for the rule the controller runs: "read the
    calibrated confidence at the thinking budgets ``check_points`` (the controller's doubling schedule B0, 2 B0, ...)
    and stop at the first one >= λ". The loss is 1 when stopping there turns a right final answer into a wrong one;
@@ -33,7 +40,7 @@ from thinkctl.calibration.risk_control import early_stopping_losses, learn_then_
 from thinkctl.controller.config import BUDGET_FACTOR, INITIAL_BUDGET
 from thinkctl.traces.store import CheckpointArrays, TraceStore
 
-__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries",
+__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries", "out_of_fold_logits",
            "CONTROLLER_SCHEDULE", "StopRuleUnits", "stop_rule_units"]
 
 logger = logging.getLogger(__name__)
@@ -50,7 +57,8 @@ class CalibrationConfig:
     ``epsilon=0.05, delta=0.1``: stopping early may turn at most 5 % of right answers wrong, with 90 % confidence.
     ``check_points``: thinking budgets at which the certified rule reads the confidence (the controller's default
     doubling schedule; pass the ``check_points`` of a custom ``ControllerConfig``); empty: every recorded
-    checkpoint. Recorded checkpoints at other positions are ignored.
+    checkpoint. Recorded checkpoints at other positions are ignored. ``train_folds``: folds (by problem) of the
+    cross-fitted train logits added to the calibrators' data; 0 fits them on the calib split alone.
     """
 
     calibrators: tuple[str, ...] = ("temperature", "platt", "isotonic", "histogram")
@@ -64,6 +72,7 @@ class CalibrationConfig:
     n_boot: int = 1000
     seed: int = 0
     check_points: tuple[int, ...] = CONTROLLER_SCHEDULE
+    train_folds: int = 5
 
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1 or not 0 < self.delta < 1:
@@ -73,6 +82,9 @@ class CalibrationConfig:
                              "e.g. (64, 128, 256); () reads every recorded checkpoint")
         if self.cv_folds < 2:
             raise ValueError(f"cv_folds={self.cv_folds} must be at least 2")
+        if self.train_folds == 1 or self.train_folds < 0:
+            raise ValueError(f"train_folds={self.train_folds} must be 0 (calibrate on the calib split alone) or at "
+                             "least 2 (cross-fit the train split's logits)")
 
 
 def _fold_of(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -108,6 +120,74 @@ def _metrics(y: np.ndarray, p: np.ndarray, cfg: CalibrationConfig, groups_seed: 
     return out
 
 
+OOF_FILE = "confidence_oof.json"
+
+
+def out_of_fold_logits(probe: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int,
+                       seed: int = 0) -> np.ndarray:
+    """Logits of every row from a copy of ``probe`` (same settings, unfitted) trained without that row's group.
+
+    ``folds``-fold by group (problem), so no probe scores a problem it was trained on: the logits then carry the
+    fitted probe's miscalibration on new problems, which is what a calibrator must undo.
+    """
+    from sklearn.base import clone
+
+    fold = _fold_of(groups, folds, seed)
+    out = np.empty(len(y))
+    for f in range(folds):
+        held = fold == f
+        if not held.any():
+            continue
+        refit = clone(probe).fit(X[~held], y[~held], groups=groups[~held])
+        out[held] = refit.decision_function(X[held])
+    return out
+
+
+def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, logits: np.ndarray, probe: Any,
+                      cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Logits, labels and problem ids the calibrators are fitted on: the calib split's checkpoints and, with
+    ``cfg.train_folds``, the train split's out-of-fold logits (computed and saved here)."""
+    y = ca.y.astype(int)
+    cal = np.isin(ca.groups, meta["split"]["calib"])
+    train = np.isin(ca.groups, meta["split"]["train"])
+    info: dict[str, Any] = {"calib_checkpoints": int(cal.sum()), "train_folds": cfg.train_folds,
+                            "train_out_of_fold_checkpoints": 0}
+    if not cfg.train_folds or not train.any():
+        return logits[cal], y[cal], ca.groups[cal], info
+    logger.info("cross-fitting the confidence probe on %d train checkpoints (%d folds by problem)",
+                int(train.sum()), cfg.train_folds)
+    try:
+        oof = out_of_fold_logits(probe, ca.X[train], y[train], ca.groups[train], cfg.train_folds, cfg.seed)
+    except ValueError as exc:  # e.g. a fold whose complement holds one class: calibrate on calib alone
+        logger.warning("cannot cross-fit the train split (%s); calibrating on the calib split alone", exc)
+        info["train_out_of_fold_error"] = str(exc)
+        return logits[cal], y[cal], ca.groups[cal], info
+    (bdir / "calibration").mkdir(exist_ok=True)
+    (bdir / "calibration" / OOF_FILE).write_text(json.dumps({
+        "kind": "thinkctl-out-of-fold-logits", "model": meta["model"]["name"], "layer": meta["confidence_layer"],
+        "train_folds": cfg.train_folds, "seed": cfg.seed, "n": int(train.sum()), "logits": oof.tolist()}))
+    info["train_out_of_fold_checkpoints"] = int(train.sum())
+    return (np.concatenate([oof, logits[cal]]), np.concatenate([y[train], y[cal]]),
+            np.concatenate([ca.groups[train], ca.groups[cal]]), info)
+
+
+def _saved_calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays,
+                            logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The calibrators' data as :func:`calibrate_bundle` last fitted them (calib, plus saved out-of-fold logits)."""
+    y = ca.y.astype(int)
+    cal = np.isin(ca.groups, meta["split"]["calib"])
+    path = bdir / "calibration" / OOF_FILE
+    if not path.is_file():
+        return logits[cal], y[cal]
+    doc = json.loads(path.read_text())
+    train = np.isin(ca.groups, meta["split"]["train"])
+    if (doc.get("kind") != "thinkctl-out-of-fold-logits" or doc.get("n") != int(train.sum())
+            or doc.get("layer") != meta["confidence_layer"]):
+        raise ValueError(f"{path} does not match this bundle's train split or confidence layer; rerun "
+                         "`thinkctl calibrate` on the bundle")
+    return np.concatenate([np.asarray(doc["logits"], dtype=float), logits[cal]]), np.concatenate([y[train], y[cal]])
+
+
 def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig = CalibrationConfig()) -> dict[str, Any]:
     """Calibrate the bundle in ``bundle_dir`` in place; return the report (also ``calibration_report.json``)."""
     from thinkctl.predictors.probe import HiddenStateProbe
@@ -125,18 +205,19 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig 
     cal = np.isin(ca.groups, meta["split"]["calib"])
     test = np.isin(ca.groups, meta["split"]["test"])
 
-    # 1. choose the calibrator by grouped cross-validation on calib
-    folds = _fold_of(ca.groups[cal], cfg.cv_folds, cfg.seed)
+    # 1. choose the calibrator by grouped cross-validation on the calibration data (calib + out-of-fold train)
+    fit_x, fit_y, fit_groups, data_info = _calibration_data(bdir, meta, ca, logits, probe, cfg)
+    folds = _fold_of(fit_groups, cfg.cv_folds, cfg.seed)
     cv: dict[str, float] = {}
     for name in cfg.calibrators:
-        oof = np.empty(cal.sum())
+        oof = np.empty(len(fit_y))
         for f in range(cfg.cv_folds):
             fit_m, pred_m = folds != f, folds == f
-            c = make_calibrator(name).fit(logits[cal][fit_m], y[cal][fit_m])
-            oof[pred_m] = c.predict_proba(logits[cal][pred_m])
-        cv[name] = float(brier_score(y[cal], oof))
+            c = make_calibrator(name).fit(fit_x[fit_m], fit_y[fit_m])
+            oof[pred_m] = c.predict_proba(fit_x[pred_m])
+        cv[name] = float(brier_score(fit_y, oof))
     best = min(cv, key=cv.get)
-    calibrator = make_calibrator(best).fit(logits[cal], y[cal])
+    calibrator = make_calibrator(best).fit(fit_x, fit_y)
     (bdir / "calibration").mkdir(exist_ok=True)
     calibrator.save(bdir / "calibration" / "confidence.json",
                     metadata={"model": meta["model"]["name"], "layer": meta["confidence_layer"]})
@@ -161,8 +242,9 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig 
 
     # 3. held-out test figures
     report: dict[str, Any] = {
-        "config": asdict(cfg), "calibrator": best, "cv_brier_on_calib": cv,
-        "n_checkpoints": {"calib": int(cal.sum()), "test": int(test.sum())},
+        "config": asdict(cfg), "calibrator": best, "cv_brier": cv, "calibration_data": data_info,
+        "n_checkpoints": {"calib": int(cal.sum()), "test": int(test.sum()),
+                          "train_out_of_fold": data_info["train_out_of_fold_checkpoints"]},
         "test_uncalibrated": _metrics(y[test], p_raw[test], cfg, cfg.seed),
         "test_calibrated": _metrics(y[test], p_cal[test], cfg, cfg.seed),
         "risk_control": risk_doc,
@@ -250,7 +332,8 @@ def stop_rule_units(ca: CheckpointArrays, p_cal: np.ndarray, mask: np.ndarray,
 
 def bundle_report_entries(bundle_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Entries for :func:`thinkctl.calibration.calibration_report`: each predictor's raw logits on the bundle's
-    calib problems (to fit calibrators) and test problems (to measure)."""
+    calibration data (to fit calibrators: the calib problems, plus the train split's out-of-fold logits when
+    :func:`calibrate_bundle` cross-fitted them) and test problems (to measure)."""
     from thinkctl.predictors.probe import HiddenStateProbe
 
     bdir = Path(bundle_dir)
@@ -260,9 +343,10 @@ def bundle_report_entries(bundle_dir: str | os.PathLike[str]) -> dict[str, dict[
     entries: dict[str, dict[str, Any]] = {}
     ca = store.checkpoint_arrays(meta["confidence_layer"])
     logits = HiddenStateProbe.load(bdir / "confidence_probe").decision_function(ca.X)
-    cal, test = np.isin(ca.groups, split["calib"]), np.isin(ca.groups, split["test"])
+    fit_x, fit_y = _saved_calibration_data(bdir, meta, ca, logits)
+    test = np.isin(ca.groups, split["test"])
     entries["confidence probe (forced answer right)"] = {
-        "y_true": ca.y[cal].astype(int), "scores": logits[cal], "y_true_test": ca.y[test].astype(int),
+        "y_true": fit_y, "scores": fit_x, "y_true_test": ca.y[test].astype(int),
         "scores_test": logits[test], "score_type": "logit"}
     if (bdir / "difficulty_probe").is_dir():
         sa = store.sample_arrays(meta["confidence_layer"])

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "controller's doubling schedule 64,128,256,...; give a custom ControllerConfig's "
                         "check_points here; 'all': every recorded checkpoint)")
     p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--train-folds", type=int, default=5,
+                   help="fit the calibrators on the calib split plus the train split's out-of-fold probe logits, "
+                        "cross-fitted in this many folds by problem (0: the calib split alone)")
     p.add_argument("--route-budget", type=float, default=3.0,
                    help="routing table: mean tokens per query at most this many times one greedy answer's")
     p.add_argument("--no-routing", action="store_true", help="do not fit the routing table (routing.json)")
@@ -43,14 +46,19 @@ def run(args: argparse.Namespace) -> int:
 
     from thinkctl.calibration.bundle import CalibrationConfig, calibrate_bundle
 
-    cfg = replace(CalibrationConfig(), epsilon=args.epsilon, delta=args.delta, method=args.method,
-                  n_boot=args.n_bootstrap)
+    try:
+        cfg = replace(CalibrationConfig(), epsilon=args.epsilon, delta=args.delta, method=args.method,
+                      n_boot=args.n_bootstrap, train_folds=args.train_folds)
+    except ValueError as exc:
+        raise SystemExit(f"thinkctl calibrate: {exc}") from None
     if args.check_points is not None:
         cfg = replace(cfg, check_points=_check_points(args.check_points))
     rep = calibrate_bundle(args.bundle, cfg)
     u, c = rep["test_uncalibrated"]["ece"], rep["test_calibrated"]["ece"]
-    print(f"calibrator: {rep['calibrator']} (grouped CV Brier on calib: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in rep["cv_brier_on_calib"].items()) + ")")
+    data = rep["calibration_data"]
+    print(f"calibrator: {rep['calibrator']} (grouped CV Brier on {data['calib_checkpoints']} calib + "
+          f"{data['train_out_of_fold_checkpoints']} out-of-fold train checkpoints: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in rep["cv_brier"].items()) + ")")
     print(f"test ECE (15 bins): uncalibrated {u['value']:.4f} [{u['ci95'][0]:.4f}, {u['ci95'][1]:.4f}] -> "
           f"calibrated {c['value']:.4f} [{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]")
     rc = rep["risk_control"]
