@@ -97,6 +97,9 @@ def test_calibrators_are_fitted_on_calib_plus_cross_fitted_train_logits(bundle):
 
 
 def test_calib_split_alone_when_cross_fitting_is_off(bundle):
+    calibrate_bundle(bundle, CalibrationConfig(n_boot=20, train_folds=2, check_points=SYNTH_POINTS))
+    assert (bundle / "calibration" / "confidence_oof.json").is_file()
+    # recalibrating without cross-fitting drops the earlier run's out-of-fold logits with its calibrator
     rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=20, train_folds=0, check_points=SYNTH_POINTS))
     assert rep["calibration_data"]["train_out_of_fold_checkpoints"] == 0
     assert rep["n_checkpoints"]["calib"] == rep["calibration_data"]["calib_checkpoints"]

@@ -8,7 +8,7 @@ Fits on the bundle's ``calib`` problems (and out-of-fold logits of its ``train``
    refitted without that checkpoint's problem (``train_folds``-fold cross-fitting by problem, the probe's own
    settings). A few dozen calib problems alone leave the calibrator at the mercy of their right-answer rate (on the
    embedded model's 240-problem bundle, 60 calib problems at 0.23 against 0.30 on test); cross-fitting gives it
-   four times the problems without touching ``calib``'s role in step 2. The out-of-fold logits are kept in
+   three times the problems without touching ``calib``'s role in step 2. The out-of-fold logits are kept in
    ``calibration/confidence_oof.json`` so that reports refit on the same data;
 2. Learn-then-Test (Angelopoulos et al. 2021) on ``calib`` problems for the rule the controller runs: "read the
    calibrated confidence at the thinking budgets ``check_points`` (the controller's doubling schedule B0, 2 B0, ...)
@@ -152,6 +152,7 @@ def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, lo
     train = np.isin(ca.groups, meta["split"]["train"])
     info: dict[str, Any] = {"calib_checkpoints": int(cal.sum()), "train_folds": cfg.train_folds,
                             "train_out_of_fold_checkpoints": 0}
+    (bdir / "calibration" / OOF_FILE).unlink(missing_ok=True)  # a previous run's logits must not outlive its fit
     if not cfg.train_folds or not train.any():
         return logits[cal], y[cal], ca.groups[cal], info
     logger.info("cross-fitting the confidence probe on %d train checkpoints (%d folds by problem)",
