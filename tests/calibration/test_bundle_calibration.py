@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator
 
 from thinkctl.calibration.bundle import (CalibrationConfig, bundle_report_entries, calibrate_bundle,
                                          out_of_fold_logits)
@@ -117,18 +118,8 @@ def test_a_stale_out_of_fold_file_is_refused(bundle):
         bundle_report_entries(bundle)
 
 
-class _Memorizer:
-    """A probe stand-in that scores 1 on rows it was trained on and 0 elsewhere (sklearn-clonable)."""
-
-    def __init__(self, tag: int = 0) -> None:
-        self.tag = tag
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {"tag": self.tag}
-
-    def set_params(self, **params) -> "_Memorizer":
-        self.tag = params.get("tag", self.tag)
-        return self
+class _Memorizer(BaseEstimator):
+    """A probe stand-in that scores 1 on rows it was trained on and 0 elsewhere (clonable like HiddenStateProbe)."""
 
     def fit(self, X, y, *, groups=None) -> "_Memorizer":
         self.seen_ = {tuple(r) for r in np.asarray(X).tolist()}

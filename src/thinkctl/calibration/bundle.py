@@ -146,7 +146,8 @@ def out_of_fold_logits(probe: Any, X: np.ndarray, y: np.ndarray, groups: np.ndar
 def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, logits: np.ndarray, probe: Any,
                       cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Logits, labels and problem ids the calibrators are fitted on: the calib split's checkpoints and, with
-    ``cfg.train_folds``, the train split's out-of-fold logits (computed and saved here)."""
+    ``cfg.train_folds``, the train split's out-of-fold logits (computed and saved into the existing
+    ``bdir / "calibration"``)."""
     y = ca.y.astype(int)
     cal = np.isin(ca.groups, meta["split"]["calib"])
     train = np.isin(ca.groups, meta["split"]["train"])
@@ -163,7 +164,6 @@ def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, lo
         logger.warning("cannot cross-fit the train split (%s); calibrating on the calib split alone", exc)
         info["train_out_of_fold_error"] = str(exc)
         return logits[cal], y[cal], ca.groups[cal], info
-    (bdir / "calibration").mkdir(exist_ok=True)
     (bdir / "calibration" / OOF_FILE).write_text(json.dumps({
         "kind": "thinkctl-out-of-fold-logits", "model": meta["model"]["name"], "layer": meta["confidence_layer"],
         "train_folds": cfg.train_folds, "seed": cfg.seed, "n": int(train.sum()), "logits": oof.tolist()}))
@@ -207,6 +207,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig 
     test = np.isin(ca.groups, meta["split"]["test"])
 
     # 1. choose the calibrator by grouped cross-validation on the calibration data (calib + out-of-fold train)
+    (bdir / "calibration").mkdir(exist_ok=True)
     fit_x, fit_y, fit_groups, data_info = _calibration_data(bdir, meta, ca, logits, probe, cfg)
     folds = _fold_of(fit_groups, cfg.cv_folds, cfg.seed)
     cv: dict[str, float] = {}
@@ -219,7 +220,6 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig 
         cv[name] = float(brier_score(fit_y, oof))
     best = min(cv, key=cv.get)
     calibrator = make_calibrator(best).fit(fit_x, fit_y)
-    (bdir / "calibration").mkdir(exist_ok=True)
     calibrator.save(bdir / "calibration" / "confidence.json",
                     metadata={"model": meta["model"]["name"], "layer": meta["confidence_layer"]})
     p_raw = 1.0 / (1.0 + np.exp(-logits))
