@@ -189,7 +189,8 @@ def _saved_calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArra
     return np.concatenate([np.asarray(doc["logits"], dtype=float), logits[cal]]), np.concatenate([y[train], y[cal]])
 
 
-def calibrate_bundle(bundle_dir: str | os.PathLike[str], cfg: CalibrationConfig = CalibrationConfig()) -> dict[str, Any]:
+def calibrate_bundle(bundle_dir: str | os.PathLike[str],
+                    cfg: CalibrationConfig = CalibrationConfig()) -> dict[str, Any]:
     """Calibrate the bundle in ``bundle_dir`` in place; return the report (also ``calibration_report.json``)."""
     from thinkctl.predictors.probe import HiddenStateProbe
 
