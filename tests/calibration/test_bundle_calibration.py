@@ -144,11 +144,12 @@ def test_bad_train_folds(folds):
         CalibrationConfig(train_folds=folds)
 
 
-def test_calibrate_command_rejects_bad_train_folds(bundle):
+def test_calibrate_command_rejects_bad_train_folds(bundle, capsys):
     from thinkctl.cli import main
 
-    with pytest.raises(SystemExit, match="train_folds=1"):
-        main(["calibrate", "--bundle", str(bundle), "--train-folds", "1"])
+    assert main(["calibrate", "--bundle", str(bundle), "--train-folds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "thinkctl calibrate: error: train_folds=1" in err and "Traceback" not in err
 
 
 def test_not_a_bundle(tmp_path):

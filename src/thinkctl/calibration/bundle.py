@@ -143,6 +143,19 @@ def out_of_fold_logits(probe: Any, X: np.ndarray, y: np.ndarray, groups: np.ndar
     return out
 
 
+def _fit_arrays(meta: dict[str, Any], ca: CheckpointArrays, logits: np.ndarray,
+                train_logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, labels and problem ids of the calibrators' data: the train split's out-of-fold ``train_logits``
+    (None: none) followed by the calib split's checkpoints."""
+    y = ca.y.astype(int)
+    cal = np.isin(ca.groups, meta["split"]["calib"])
+    if train_logits is None:
+        return logits[cal], y[cal], ca.groups[cal]
+    train = np.isin(ca.groups, meta["split"]["train"])
+    return (np.concatenate([train_logits, logits[cal]]), np.concatenate([y[train], y[cal]]),
+            np.concatenate([ca.groups[train], ca.groups[cal]]))
+
+
 def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, logits: np.ndarray, probe: Any,
                       cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Logits, labels and problem ids the calibrators are fitted on: the calib split's checkpoints and, with
@@ -155,7 +168,7 @@ def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, lo
                             "train_out_of_fold_checkpoints": 0}
     (bdir / "calibration" / OOF_FILE).unlink(missing_ok=True)  # a previous run's logits must not outlive its fit
     if not cfg.train_folds or not train.any():
-        return logits[cal], y[cal], ca.groups[cal], info
+        return (*_fit_arrays(meta, ca, logits, None), info)
     logger.info("cross-fitting the confidence probe on %d train checkpoints (%d folds by problem)",
                 int(train.sum()), cfg.train_folds)
     try:
@@ -163,30 +176,29 @@ def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, lo
     except ValueError as exc:  # e.g. a fold whose complement holds one class: calibrate on calib alone
         logger.warning("cannot cross-fit the train split (%s); calibrating on the calib split alone", exc)
         info["train_out_of_fold_error"] = str(exc)
-        return logits[cal], y[cal], ca.groups[cal], info
+        return (*_fit_arrays(meta, ca, logits, None), info)
     (bdir / "calibration" / OOF_FILE).write_text(json.dumps({
         "kind": "thinkctl-out-of-fold-logits", "model": meta["model"]["name"], "layer": meta["confidence_layer"],
         "train_folds": cfg.train_folds, "seed": cfg.seed, "n": int(train.sum()), "logits": oof.tolist()}))
     info["train_out_of_fold_checkpoints"] = int(train.sum())
-    return (np.concatenate([oof, logits[cal]]), np.concatenate([y[train], y[cal]]),
-            np.concatenate([ca.groups[train], ca.groups[cal]]), info)
+    return (*_fit_arrays(meta, ca, logits, oof), info)
 
 
 def _saved_calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays,
                             logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The calibrators' data as :func:`calibrate_bundle` last fitted them (calib, plus saved out-of-fold logits)."""
-    y = ca.y.astype(int)
-    cal = np.isin(ca.groups, meta["split"]["calib"])
     path = bdir / "calibration" / OOF_FILE
-    if not path.is_file():
-        return logits[cal], y[cal]
-    doc = json.loads(path.read_text())
-    train = np.isin(ca.groups, meta["split"]["train"])
-    if (doc.get("kind") != "thinkctl-out-of-fold-logits" or doc.get("n") != int(train.sum())
-            or doc.get("layer") != meta["confidence_layer"]):
-        raise ValueError(f"{path} does not match this bundle's train split or confidence layer; rerun "
-                         "`thinkctl calibrate` on the bundle")
-    return np.concatenate([np.asarray(doc["logits"], dtype=float), logits[cal]]), np.concatenate([y[train], y[cal]])
+    train_logits = None
+    if path.is_file():
+        doc = json.loads(path.read_text())
+        n_train = int(np.isin(ca.groups, meta["split"]["train"]).sum())
+        if (doc.get("kind") != "thinkctl-out-of-fold-logits" or doc.get("n") != n_train
+                or doc.get("layer") != meta["confidence_layer"]):
+            raise ValueError(f"{path} does not match this bundle's train split or confidence layer; rerun "
+                             "`thinkctl calibrate` on the bundle")
+        train_logits = np.asarray(doc["logits"], dtype=float)
+    fit_x, fit_y, _ = _fit_arrays(meta, ca, logits, train_logits)
+    return fit_x, fit_y
 
 
 def calibrate_bundle(bundle_dir: str | os.PathLike[str],

@@ -46,11 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     from thinkctl.calibration.bundle import CalibrationConfig, calibrate_bundle
 
-    try:
-        cfg = replace(CalibrationConfig(), epsilon=args.epsilon, delta=args.delta, method=args.method,
-                      n_boot=args.n_bootstrap, train_folds=args.train_folds)
-    except ValueError as exc:
-        raise SystemExit(f"thinkctl calibrate: {exc}") from None
+    cfg = replace(CalibrationConfig(), epsilon=args.epsilon, delta=args.delta, method=args.method,
+                  n_boot=args.n_bootstrap, train_folds=args.train_folds)
     if args.check_points is not None:
         cfg = replace(cfg, check_points=_check_points(args.check_points))
     rep = calibrate_bundle(args.bundle, cfg)
