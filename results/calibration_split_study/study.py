@@ -8,26 +8,18 @@ from pathlib import Path
 from thinkctl.traces.store import TraceStore
 from thinkctl.predictors.probe import HiddenStateProbe
 from thinkctl.predictors.from_traces import PredictorTrainingConfig, problem_split
-from thinkctl.calibration.calibrators import make_calibrator
-from thinkctl.calibration.metrics import expected_calibration_error, brier_score
-from thinkctl.calibration.bundle import _fold_of, out_of_fold_logits
+from thinkctl.calibration.metrics import expected_calibration_error
+from thinkctl.calibration.bundle import choose_calibrator, out_of_fold_logits
 
 b = Path(sys.argv[1]); seeds = range(int(sys.argv[2]))
 meta = json.loads((b / "bundle.json").read_text())
 store = TraceStore(meta["trace_store"])
 ca = store.checkpoint_arrays(meta["confidence_layer"])
 y = ca.y.astype(int)
-names = ("temperature", "platt", "isotonic", "histogram")
 
-def choose(x, yy, g):
-    folds = _fold_of(g, 5, 0); cv = {}
-    for n in names:
-        oof = np.empty(len(yy))
-        for f in range(5):
-            c = make_calibrator(n).fit(x[folds != f], yy[folds != f]); oof[folds == f] = c.predict_proba(x[folds == f])
-        cv[n] = brier_score(yy, oof)
-    best = min(cv, key=cv.get)
-    return best, make_calibrator(best).fit(x, yy)
+def choose(x, yy, g):  # the default CalibrationConfig: four calibrators, 5-fold grouped CV Brier, seed 0
+    best, _, fitted = choose_calibrator(x, yy, g)
+    return best, fitted
 
 rows = []
 for s in seeds:

@@ -40,8 +40,8 @@ from thinkctl.calibration.risk_control import early_stopping_losses, learn_then_
 from thinkctl.controller.config import BUDGET_FACTOR, INITIAL_BUDGET
 from thinkctl.traces.store import CheckpointArrays, TraceStore
 
-__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries", "out_of_fold_logits",
-           "CONTROLLER_SCHEDULE", "StopRuleUnits", "stop_rule_units"]
+__all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries", "choose_calibrator",
+           "out_of_fold_logits", "CONTROLLER_SCHEDULE", "StopRuleUnits", "stop_rule_units"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,23 @@ def _metrics(y: np.ndarray, p: np.ndarray, cfg: CalibrationConfig, groups_seed: 
         point, lo, hi = bootstrap_ci(fn, y, p, n_boot=cfg.n_boot, seed=groups_seed)
         out[name] = {"value": float(point), "ci95": [float(lo), float(hi)]}
     return out
+
+
+def choose_calibrator(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                      cfg: CalibrationConfig = CalibrationConfig()) -> tuple[str, dict[str, float], Any]:
+    """The calibrator of ``cfg.calibrators`` with the lowest grouped cross-validated Brier score on logits ``x`` and
+    labels ``y`` (``cfg.cv_folds`` folds by ``groups``), refitted on all of them: ``(name, {name: Brier}, fitted)``."""
+    folds = _fold_of(groups, cfg.cv_folds, cfg.seed)
+    cv: dict[str, float] = {}
+    for name in cfg.calibrators:
+        oof = np.empty(len(y))
+        for f in range(cfg.cv_folds):
+            fit_m, pred_m = folds != f, folds == f
+            c = make_calibrator(name).fit(x[fit_m], y[fit_m])
+            oof[pred_m] = c.predict_proba(x[pred_m])
+        cv[name] = float(brier_score(y, oof))
+    best = min(cv, key=cv.get)
+    return best, cv, make_calibrator(best).fit(x, y)
 
 
 OOF_FILE = "confidence_oof.json"
@@ -222,17 +239,7 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str],
     # 1. choose the calibrator by grouped cross-validation on the calibration data (calib + out-of-fold train)
     (bdir / "calibration").mkdir(exist_ok=True)
     fit_x, fit_y, fit_groups, data_info = _calibration_data(bdir, meta, ca, logits, probe, cfg)
-    folds = _fold_of(fit_groups, cfg.cv_folds, cfg.seed)
-    cv: dict[str, float] = {}
-    for name in cfg.calibrators:
-        oof = np.empty(len(fit_y))
-        for f in range(cfg.cv_folds):
-            fit_m, pred_m = folds != f, folds == f
-            c = make_calibrator(name).fit(fit_x[fit_m], fit_y[fit_m])
-            oof[pred_m] = c.predict_proba(fit_x[pred_m])
-        cv[name] = float(brier_score(fit_y, oof))
-    best = min(cv, key=cv.get)
-    calibrator = make_calibrator(best).fit(fit_x, fit_y)
+    best, cv, calibrator = choose_calibrator(fit_x, fit_y, fit_groups, cfg)
     calibrator.save(bdir / "calibration" / "confidence.json",
                     metadata={"model": meta["model"]["name"], "layer": meta["confidence_layer"]})
     p_raw = 1.0 / (1.0 + np.exp(-logits))
