@@ -11,7 +11,7 @@ from thinkctl.registry import UnknownNameError
 from thinkctl.tasks.arith import ArithTask, apply_op
 from thinkctl.tasks.modeq import ModEqTask
 
-BUILTIN = ["arith", "modeq"]
+BUILTIN = ["arith", "modeq", "mix"]
 
 
 def test_registry_lists_builtin_families():
@@ -152,3 +152,23 @@ def test_arbitrary_text_never_raises(text):
         p = task.sample(1, seed=0)[0]
         task.extract_answer(text)
         assert task.is_correct(p, text) in (True, False)
+
+
+def test_mix_draws_both_families_in_equal_shares_over_all_their_levels():
+    from scipy.stats import binomtest
+
+    ps = thinkctl.tasks.get("mix").sample(1000, seed=11)
+    fams = [p.features["family"] for p in ps]
+    n_arith = fams.count("arith")
+    assert binomtest(n_arith, len(ps), 0.5).pvalue > 0.001  # equal shares (fails for a 60/40 mix at this n)
+    for fam, task in (("arith", ArithTask()), ("modeq", ModEqTask())):
+        mine = [p for p in ps if p.features["family"] == fam]
+        assert {p.level for p in mine} == set(task.levels)
+        assert all(p.id.startswith(f"mix-{fam}-") for p in mine)
+        # the problems are the family's own: its checker accepts the gold answer written as the model writes it
+        assert all(task.is_correct(p, f"</think>\nFinal Answer: {p.answer}") for p in mine[:50])
+    mix = thinkctl.tasks.get("mix")
+    p = ps[0]
+    assert mix.is_correct(p, f"</think>\nFinal Answer: {p.answer}")
+    assert not mix.is_correct(p, f"</think>\nFinal Answer: {int(p.answer) + 1}")
+    assert mix.family_of(p).name == p.features["family"]

@@ -1,7 +1,7 @@
 """Verifiable task families and the task registry.
 
 >>> import thinkctl
->>> {"arith", "modeq"} <= set(thinkctl.tasks.names())
+>>> {"arith", "modeq", "mix"} <= set(thinkctl.tasks.names())
 True
 """
 
@@ -14,6 +14,7 @@ __all__ = ["Problem", "Task", "TASKS", "get", "names", "register", "answer_secti
 # Built-in families register themselves on import.
 from thinkctl.tasks import arith as _arith  # noqa: E402,F401
 from thinkctl.tasks import modeq as _modeq  # noqa: E402,F401
+from thinkctl.tasks import mix as _mix  # noqa: E402,F401
 from thinkctl.tasks.benchmarks import BENCHMARK_TASKS as _BENCHMARKS  # noqa: E402
 
 for _name, _factory in _BENCHMARKS.items():
