@@ -16,13 +16,14 @@ import pytest  # noqa: E402
 SYNTH_HIDDEN, SYNTH_LAYERS = 16, [0, 1, 2]
 
 
-def _synthetic_store(path, n_problems=120, samples=3, seed=0):
-    """Layer 1 carries the signal (first coordinate = correctness); layers 0 and 2 are noise."""
+def _synthetic_store(path, n_problems=120, samples=3, seed=0, outlook_signal=False):
+    """Layer 1 carries the signal (first coordinate = correctness); layers 0 and 2 are noise. With
+    ``outlook_signal`` its second coordinate says whether the sample's final answer is right."""
     rng = np.random.default_rng(seed)
     from thinkctl.traces import TraceStore
 
     store = TraceStore(path)
-    store.init({"collect": {"task": "arith"}, "layers_resolved": SYNTH_LAYERS,
+    store.init({"collect": {"task": "arith", "every": 8, "max_new_tokens": 40}, "layers_resolved": SYNTH_LAYERS,
                 "model": {"name": "toy-model", "hidden_size": SYNTH_HIDDEN, "num_layers": 3}})
     for shard in range(n_problems // 20):
         rows, prompt_h, ck_h = [], [], []
@@ -37,6 +38,8 @@ def _synthetic_store(path, n_problems=120, samples=3, seed=0):
                     forced = bool(correct and k >= 2) or bool(rng.random() < 0.1)
                     h = rng.normal(size=(len(SYNTH_LAYERS), SYNTH_HIDDEN))
                     h[1, 0] += 2.0 if forced else -2.0
+                    if outlook_signal:
+                        h[1, 1] += 3.0 if correct else -3.0
                     checkpoints.append({"position": 8 * (k + 1), "row": len(ck_h), "forced_answer": "1",
                                         "forced_correct": forced, "probe_tokens": 6, "agrees_with_final": forced,
                                         "confidence": {"conf_window": float(rng.normal())}})

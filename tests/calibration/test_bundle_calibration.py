@@ -186,3 +186,57 @@ def test_calibrate_command_fits_the_routing_table_within_its_token_budget(bundle
     # the table is the best feasible choice among the candidates, bin by bin: no cheaper-or-equal swap gains
     acc = sum(w * e[r.name]["accuracy"] for w, e, r in zip(meta["bin_weights"], table.estimates, table.routes))
     assert acc == pytest.approx(meta["expected_accuracy"])
+
+
+def test_outlook_probe_is_calibrated_and_the_stop_score_chosen_on_train(tmp_path, synthetic_store):
+    """With an outlook signal in the states, calibrate fits the outlook's calibrator, chooses the stop score on the
+    train split (out of fold) and certifies its threshold on calib; the certified rule's calib losses are within
+    what the binomial test lets through, and the controller loads the same score."""
+    from thinkctl.calibration.bundle import STOP_SCORE_CANDIDATES, stop_rule_units
+    from thinkctl.calibration.calibrators import load_calibrator
+    from thinkctl.calibration.risk_control import STOP_SCORES, stop_score
+    from thinkctl.predictors.probe import HiddenStateProbe
+    from thinkctl.traces import TraceStore
+
+    store = synthetic_store(tmp_path / "traces", n_problems=400, samples=2, outlook_signal=True)
+    rep_t = train_predictors(TraceStore(store.path), tmp_path / "b", PredictorTrainingConfig(n_bootstrap=50))
+    assert rep_t["outlook"]["test_auroc"]["value"] > 0.9  # the second coordinate says whether the final is right
+    rep = calibrate_bundle(tmp_path / "b", CalibrationConfig(n_boot=20, epsilon=0.1, delta=0.1))
+    rc = json.loads((tmp_path / "b" / "calibration" / "risk_control.json").read_text())
+    assert rc["score"] in STOP_SCORES and rc["score"] != "confidence"  # hopeless thinking is worth stopping here
+    assert rc["check_points"] == [8, 16, 24, 32, 40]  # the store's grid: every 8 tokens up to max_new_tokens
+    assert len(rep["outlook"]["train_saving_by_score"]) == len(STOP_SCORE_CANDIDATES)
+    assert rep["outlook"]["train_out_of_fold"] is True
+    # recompute the certified rule on calib from the saved artefacts: its losses pass the binomial test
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    ca = TraceStore(store.path).checkpoint_arrays(meta["confidence_layer"])
+    c = load_calibrator(tmp_path / "b" / "calibration" / "confidence.json").predict_proba(
+        HiddenStateProbe.load(tmp_path / "b" / "confidence_probe").decision_function(ca.X))
+    f = load_calibrator(tmp_path / "b" / "calibration" / "outlook.json").predict_proba(
+        HiddenStateProbe.load(tmp_path / "b" / "outlook_probe").decision_function(ca.X))
+    u = stop_rule_units(ca, stop_score(c, f, rc["score"], rc["kappa"] or 1.0),
+                        np.isin(ca.groups, meta["split"]["calib"]), tuple(rc["check_points"]))
+    reached = u.conf >= rc["threshold"]
+    first = reached.argmax(1)
+    lost = reached.any(1) & ~(u.ok[np.arange(len(first)), first] > 0) & u.final
+    assert lost.sum() <= rc["most_losses_certifiable"]
+    assert rep["test_early_stopping"]["thinking_saved_fraction"] > 0
+    assert meta["calibration"]["stop_score"] == rc["score"]
+
+
+def test_retraining_without_an_outlook_leaves_no_stale_outlook(tmp_path, synthetic_store):
+    from thinkctl.traces import TraceStore
+
+    store = synthetic_store(tmp_path / "traces", n_problems=200, samples=2, outlook_signal=True)
+    train_predictors(TraceStore(store.path), tmp_path / "b", PredictorTrainingConfig(n_bootstrap=20))
+    calibrate_bundle(tmp_path / "b", CalibrationConfig(n_boot=20, epsilon=0.2, delta=0.2))
+    assert (tmp_path / "b" / "outlook_probe").is_dir() and (tmp_path / "b" / "calibration" / "outlook.json").is_file()
+    # a store where every final answer is right: no outlook can be trained, and the old one must go
+    for shard in sorted(store.path.glob("shard-*.jsonl")):
+        shard.write_text(shard.read_text().replace('"correct": false', '"correct": true'))
+    rep = train_predictors(TraceStore(store.path), tmp_path / "b", PredictorTrainingConfig(n_bootstrap=20))
+    assert "skipped" in rep["outlook"] and not (tmp_path / "b" / "outlook_probe").exists()
+    calibrate_bundle(tmp_path / "b", CalibrationConfig(n_boot=20, epsilon=0.2, delta=0.2))
+    assert not (tmp_path / "b" / "calibration" / "outlook.json").exists()
+    rc = json.loads((tmp_path / "b" / "calibration" / "risk_control.json").read_text())
+    assert rc["score"] == "confidence" and rc["kappa"] is None

@@ -260,3 +260,37 @@ def test_ltt_guarantee_holds_over_random_splits(method):
     assert violations / n_trials <= delta + 0.03
     # the check has power: ignoring the noise breaks the guarantee (about half of the splits violate)
     assert naive_violations / n_trials > delta + 0.1
+
+
+def test_stop_score_sides_and_errors():
+    from thinkctl.calibration.risk_control import (STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK, STOP_SCORE_OUTLOOK_ONLY,
+                                                   stop_score)
+
+    c = np.array([0.1, 0.99, 0.2, 0.5])
+    f = np.array([0.9, 0.9, 0.001, 0.5])
+    np.testing.assert_allclose(stop_score(c, f, STOP_SCORE_CONFIDENCE), c)
+    np.testing.assert_allclose(stop_score(c, f, STOP_SCORE_OUTLOOK_ONLY), 1 - f)
+    # max(confidence, 1 - kappa * outlook): at lambda = 0.98 the rule stops on a confident answer (row 1) and on
+    # hopeless thinking, outlook <= (1 - 0.98) / kappa = 0.01 (row 2), and nowhere else
+    s = stop_score(c, f, STOP_SCORE_OUTLOOK, kappa=2.0)
+    np.testing.assert_allclose(s, np.maximum(c, 1 - 2.0 * f))
+    assert (s >= 0.98).tolist() == [False, True, True, False]
+    with pytest.raises(ValueError, match="needs the outlook"):
+        stop_score(c, None, STOP_SCORE_OUTLOOK_ONLY)
+    with pytest.raises(ValueError, match="is not one of"):
+        stop_score(c, f, "max(c, f)")
+
+
+@pytest.mark.parametrize("n, epsilon", [(114, 0.02), (300, 0.02), (600, 0.02), (200, 0.05)])
+def test_most_losses_certifiable_is_the_edge_of_the_binomial_test(n, epsilon):
+    from thinkctl.calibration.bundle import most_losses_certifiable
+
+    k = most_losses_certifiable(n, epsilon, 0.1)
+    lam = np.array([0.5])
+    # k losses among n problems are certified by learn_then_test; k + 1 are not
+    assert k is not None
+    for losses, ok in ((k, True), (k + 1, False)):
+        loss = np.zeros((n, 1))
+        loss[:losses] = 1.0
+        assert (learn_then_test(None, loss, lam, epsilon, 0.1).chosen is not None) == ok
+    assert most_losses_certifiable(113, 0.02, 0.1) is None  # below min_calibration_size nothing passes

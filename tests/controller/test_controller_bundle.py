@@ -113,3 +113,25 @@ def test_reading_confidence_outside_the_certified_schedule_warns(tmp_path, model
     with caplog.at_level("WARNING", logger="thinkctl.controller.core"):
         c.run_serial(["What is 2+3?"], budgets=[12, 24, 100])
     assert "guarantee does not cover" in caplog.text and "[12, 24]" in caplog.text
+
+
+def test_load_wires_the_certified_outlook_and_refuses_a_missing_one(tmp_path, model, tok):
+    probe = write_bundle(tmp_path, 32)
+    risk = {"threshold": 0.7, "score": "max(confidence, 1 - kappa * outlook)", "kappa": 2.0,
+            "check_points": [8, 16, 24]}
+    (tmp_path / "calibration" / "risk_control.json").write_text(json.dumps(risk))
+    with pytest.raises(ValueError, match="rerun `thinkctl train` and `thinkctl calibrate`"):
+        AdaptiveController.load(tmp_path, model, tok, CFG)
+    probe.save(tmp_path / "outlook_probe")
+    TemperatureScaler().fit(np.array([-1.0, 1.0, 2.0]), np.array([0, 1, 1])).save(
+        tmp_path / "calibration" / "outlook.json")
+    c = AdaptiveController.load(tmp_path, model, tok, CFG)
+    assert c.outlook is not None and c.outlook.kappa == 2.0 and c.outlook.score == risk["score"]
+    assert c.confidence.certified_at == (8, 16, 24)
+    r = c.run_serial(["What is 2+3?"])[0]
+    # the serial route reads its score where the threshold was certified, up to the cap
+    probes = [e["thinking_tokens"] for e in events(r, "probe")]
+    assert probes and set(probes) <= {8, 16, 24}
+    # a confidence-only certificate loads no outlook, even when an outlook probe is present
+    (tmp_path / "calibration" / "risk_control.json").write_text(json.dumps({**risk, "score": "confidence"}))
+    assert AdaptiveController.load(tmp_path, model, tok, CFG).outlook is None

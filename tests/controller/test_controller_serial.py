@@ -141,7 +141,7 @@ def test_stops_at_the_first_probe_that_reaches_the_threshold(model, tok, values,
     expected_at = [b for b in SCHEDULE if b <= stop_at]
     assert [e["thinking_tokens"] for e in probes] == expected_at
     expected_conf = [values[min(i, len(values) - 1)] for i in range(len(expected_at))]
-    assert [e["confidence"] for e in probes] == pytest.approx(expected_conf)
+    assert [e["score"] for e in probes] == pytest.approx(expected_conf)
     assert all(e["threshold"] == threshold for e in probes)
     stop = events(r, "stop")[-1]
     assert stop["thinking_tokens"] == stop_at
@@ -162,7 +162,8 @@ def test_natural_close_keeps_the_models_own_answer(tok):
     assert [e["thinking_tokens"] for e in events(r, "probe")] == [16]
     assert events(r, "stop")[-1] == {"event": "stop", "reason": "closed", "thinking_tokens": 20,
                                       "budgets": SCHEDULE + [THINK_CAP]}
-    assert r.answer == "7" and r.confidence == pytest.approx(0.3)  # the last probe's value
+    # the confidence is read at the last thinking token (the scripted probe's second read), not the stale probe's
+    assert r.answer == "7" and r.confidence == pytest.approx(0.6) and probe.reads == 2
     assert r.text.endswith("</think>\nFinal Answer: 7") and len(ids(tok, r.text.split("</think>")[0])) == 20
     gen = 20 + len(tok.encode("</think>\nFinal Answer: 7<eos>", add_special_tokens=False))
     assert generated_tokens(r) == gen and r.tokens == n_prompt(tok) + gen  # nothing was forced
@@ -318,3 +319,42 @@ def test_prompts_must_be_a_list_of_strings(model, tok):
     with pytest.raises(ValueError, match="prompts must be strings, got int"):
         c.run_serial([PROMPT, 3])
     assert c.generate([]) == []
+
+
+@pytest.mark.parametrize("score, outlook_values, stop_at", [
+    ("1 - outlook", (0.5, 0.3, 0.05), 64),  # hopeless from the third probe on: stop there, confidence ignored
+    ("1 - outlook", (0.5,), THINK_CAP),  # never hopeless: thinks to the cap
+    ("max(confidence, 1 - kappa * outlook)", (0.5, 0.5, 0.5, 0.02), 128),  # 1 - 4 * 0.02 = 0.92 >= 0.9
+])
+def test_the_outlook_stops_thinking_that_cannot_help(model, tok, score, outlook_values, stop_at):
+    from thinkctl.controller import Outlook
+
+    conf = HiddenStatePredictor(ScriptedProbe((0.1,)), 1, threshold=0.9)  # never confident
+    outlook = Outlook(HiddenStatePredictor(ScriptedProbe(outlook_values), 1), score, kappa=4.0)
+    c = AdaptiveController(model, tok, confidence=conf, outlook=outlook, config=CFG)
+    r = c.generate([PROMPT])[0]
+    stop = events(r, "stop")[-1]
+    assert stop["thinking_tokens"] == stop_at
+    assert stop["reason"] == ("confident" if stop_at < THINK_CAP else "cap")
+    # the trace records the stop score the threshold was compared with
+    scores = [e["score"] for e in events(r, "probe")]
+    expected = [1 - outlook_values[min(i, len(outlook_values) - 1)] if score == "1 - outlook" else
+                max(0.1, 1 - 4.0 * outlook_values[min(i, len(outlook_values) - 1)]) for i in range(len(scores))]
+    assert scores == pytest.approx(expected)
+    assert r.confidence == pytest.approx(0.1)  # the result's confidence is still P(this answer is right)
+    assert r.thinking_tokens == stop_at and r.tokens == n_prompt(tok) + generated_tokens(r)
+
+
+def test_outlook_needs_a_confidence_predictor_at_the_same_layer(model, tok):
+    from thinkctl.controller import Outlook
+
+    outlook = Outlook(HiddenStatePredictor(ScriptedProbe((0.5,)), 1), "1 - outlook")
+    with pytest.raises(ValueError, match="same layer"):
+        AdaptiveController(model, tok, outlook=outlook, config=CFG)
+    with pytest.raises(ValueError, match="same layer"):
+        AdaptiveController(model, tok, confidence=HiddenStatePredictor(ScriptedProbe((0.5,)), 0), outlook=outlook,
+                           config=CFG)
+    with pytest.raises(ValueError, match="kappa"):
+        Outlook(HiddenStatePredictor(ScriptedProbe((0.5,)), 1), "max(confidence, 1 - kappa * outlook)", kappa=0.0)
+    with pytest.raises(ValueError, match="confidence-only rule has no outlook"):
+        Outlook(HiddenStatePredictor(ScriptedProbe((0.5,)), 1), "confidence")

@@ -10,15 +10,22 @@ Fits on the bundle's ``calib`` problems (and out-of-fold logits of its ``train``
    embedded model's 240-problem bundle, 60 calib problems at 0.23 against 0.30 on test); cross-fitting gives it
    three times the problems without touching ``calib``'s role in step 2. The out-of-fold logits are kept in
    ``calibration/confidence_oof.json`` so that reports refit on the same data;
-2. Learn-then-Test (Angelopoulos et al. 2021) on ``calib`` problems for the rule the controller runs: "read the
-   calibrated confidence at the thinking budgets ``check_points`` (the controller's doubling schedule B0, 2 B0, ...)
-   and stop at the first one >= λ". The loss is 1 when stopping there turns a right final answer into a wrong one;
+2. the outlook probe (``outlook_probe``, "the final answer will be right", when ``thinkctl train`` wrote one) ->
+   a calibrator chosen the same way on the calib problems (``calibration/outlook.json``);
+3. Learn-then-Test (Angelopoulos et al. 2021) on ``calib`` problems for the rule the controller runs: "read the stop
+   score at the thinking budgets ``check_points`` (by default every checkpoint of the trace store's grid, every
+   ``every`` thinking tokens) and stop at the first one >= λ". The stop score is the calibrated estimate that
+   stopping now keeps the run's answer, ``1 - P(final right) * (1 - P(forced answer right now))`` with an outlook
+   probe (it is high both when the answer is already there and when the thinking cannot help: a final answer that
+   will be wrong anyway loses nothing by stopping), and the calibrated confidence alone without one. Reading is
+   free (a probe on a hidden state), so a dense schedule costs no token; what is certified is the rule actually
+   run, schedule included. The loss is 1 when stopping there turns a right final answer into a wrong one;
    the chosen λ keeps that risk <= ``epsilon`` with probability >= 1 - ``delta`` (or None, with the reason).
    The unit of the guarantee is the problem, the unit that is drawn independently: a problem's several samples
    are correlated, and counting them as independent overstates the evidence. When the store holds a greedy sample
    of every problem (the controller's serial thinking is greedy) the loss is that sample's (exact binomial test);
    otherwise it is the mean loss over the problem's samples, a number in [0, 1] (Hoeffding-Bentkus);
-3. on ``test``: ECE (15 bins) before and after calibration with bootstrap intervals, and the realised risk and
+4. on ``test``: ECE (15 bins) before and after calibration with bootstrap intervals, and the realised risk and
    thinking tokens saved at the chosen λ, in the same units.
 """
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,12 +44,16 @@ import numpy as np
 from thinkctl.calibration.calibrators import make_calibrator
 from thinkctl.calibration.metrics import (auroc, bootstrap_ci, brier_score, expected_calibration_error,
                                           negative_log_likelihood)
-from thinkctl.calibration.risk_control import early_stopping_losses, learn_then_test
+from thinkctl.calibration.risk_control import (STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK, STOP_SCORE_OUTLOOK_ONLY,
+                                               early_stopping_losses, learn_then_test, min_calibration_size,
+                                               stop_score)
 from thinkctl.controller.config import BUDGET_FACTOR, INITIAL_BUDGET
 from thinkctl.traces.store import CheckpointArrays, TraceStore
 
 __all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries", "choose_calibrator",
-           "out_of_fold_logits", "CONTROLLER_SCHEDULE", "StopRuleUnits", "stop_rule_units"]
+           "out_of_fold_logits", "CONTROLLER_SCHEDULE", "StopRuleUnits", "stop_rule_units",
+           "checkpoint_grid", "threshold_grid", "most_losses_certifiable", "early_stopping_figures", "OUTLOOK_PROBE",
+           "choose_stop_score", "KAPPA_GRID", "STOP_SCORE_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,30 +66,37 @@ CONTROLLER_SCHEDULE = tuple(INITIAL_BUDGET * BUDGET_FACTOR ** k for k in range(1
 class CalibrationConfig:
     """Calibrator candidates, risk level and threshold grid.
 
-    ``epsilon=0.05, delta=0.1``: stopping early may turn at most 5 % of right answers wrong, with 90 % confidence.
-    ``check_points``: thinking budgets at which the certified rule reads the confidence (the controller's default
-    doubling schedule; pass the ``check_points`` of a custom ``ControllerConfig``); empty: every recorded
-    checkpoint. Recorded checkpoints at other positions are ignored. ``train_folds``: folds (by problem) of the
-    cross-fitted train logits added to the calibrators' data; 0 fits them on the calib split alone.
+    ``epsilon=0.02, delta=0.1``: stopping early may lose the right answer of at most 2 % of problems, with 90 %
+    confidence (at least 114 calibration problems are needed to certify anything at this level, several hundred to
+    certify a rule that stops often). ``check_points``: thinking budgets at which the certified rule reads its
+    score; None (default): the trace store's checkpoint grid, every ``every`` thinking tokens up to its
+    ``max_new_tokens`` (the controller then reads at exactly these); pass a custom ``ControllerConfig``'s
+    ``check_points`` to certify those instead; empty: every recorded checkpoint, end of thinking included.
+    Recorded checkpoints at other positions are ignored. ``fine_thresholds``: extra thresholds ``1 - 10**-k``
+    spread geometrically between 1e-4 and 1e-1 below 1, where a stop score that must rarely be wrong lives.
+    ``train_folds``: folds (by problem) of the cross-fitted train logits added to the calibrators' data; 0 fits
+    them on the calib split alone.
     """
 
     calibrators: tuple[str, ...] = ("temperature", "platt", "isotonic", "histogram")
     cv_folds: int = 5
     n_bins: int = 15
-    epsilon: float = 0.05
+    epsilon: float = 0.02
     delta: float = 0.1
     method: str = "binomial"
     thresholds: tuple[float, float, int] = (0.05, 0.995, 190)  # linspace(start, stop, num); fixed-sequence testing
     #                                                          from the top, so a finer, wider grid costs no validity
     n_boot: int = 1000
     seed: int = 0
-    check_points: tuple[int, ...] = CONTROLLER_SCHEDULE
+    check_points: tuple[int, ...] | None = None
     train_folds: int = 5
+    fine_thresholds: int = 60
 
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1 or not 0 < self.delta < 1:
             raise ValueError(f"epsilon={self.epsilon} and delta={self.delta} must be in (0, 1)")
-        if any(not isinstance(c, (int, np.integer)) or c < 1 for c in self.check_points):
+        if self.check_points is not None and any(not isinstance(c, (int, np.integer)) or c < 1
+                                                 for c in self.check_points):
             raise ValueError(f"check_points={self.check_points!r} must be positive integers (thinking tokens), "
                              "e.g. (64, 128, 256); () reads every recorded checkpoint")
         if self.cv_folds < 2:
@@ -138,6 +157,113 @@ def choose_calibrator(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
 
 
 OOF_FILE = "confidence_oof.json"
+#: Folder of the outlook probe in a bundle (written by ``thinkctl train``).
+OUTLOOK_PROBE = "outlook_probe"
+#: Stop-score candidates tried on the train split: the confidence alone, the outlook alone, and both at these
+#: exchange rates ``kappa`` (see :func:`~thinkctl.calibration.risk_control.stop_score`).
+KAPPA_GRID = tuple(float(k) for k in np.geomspace(1e-2, 1e2, 9))
+STOP_SCORE_CANDIDATES: tuple[tuple[str, float | None], ...] = (
+    (STOP_SCORE_CONFIDENCE, None), (STOP_SCORE_OUTLOOK_ONLY, None), *((STOP_SCORE_OUTLOOK, k) for k in KAPPA_GRID))
+
+
+def choose_stop_score(ca: CheckpointArrays, confidence: np.ndarray, outlook: np.ndarray, train: np.ndarray,
+                      points: tuple[int, ...], cfg: CalibrationConfig, n_calib: int
+                      ) -> tuple[str, float | None, dict[str, float]]:
+    """The stop score (and ``kappa``) that saves the most thinking on the train split at the threshold that
+    Learn-then-Test would certify on ``n_calib`` calibration problems whose risks were the train split's.
+
+    Pass out-of-fold ``confidence`` and ``outlook`` on the train checkpoints (a probe scoring its own training data
+    is overconfident). Choosing on train, before the calib problems are seen, keeps the calib test valid (Pareto
+    testing: learn the path on one split, test along it on another; Laufer-Goldshtein et al. 2023,
+    arXiv:2210.07913). Returns the score, its kappa (None when it has none) and the train saving of each candidate;
+    the confidence alone when the train split has no sample."""
+    savings: dict[str, float] = {}
+    lam = threshold_grid(cfg)
+    for score, kappa in STOP_SCORE_CANDIDATES:
+        units = stop_rule_units(ca, stop_score(confidence, outlook, score, kappa or 1.0), train, points)
+        if not len(units.final):
+            return STOP_SCORE_CONFIDENCE, None, savings
+        risk = units.per_problem(early_stopping_losses(units.conf, units.ok, units.final, lam)).mean(0)
+        chosen = _predicted_threshold(risk, lam, n_calib, cfg)
+        name = score if kappa is None else score.replace("kappa", f"{kappa:g}")
+        savings[name] = 0.0 if chosen is None else early_stopping_figures(units, chosen)["thinking_saved_fraction"]
+    names = list(savings)
+    best = max(range(len(names)), key=lambda i: (round(savings[names[i]], 6), -i))  # ties: the simpler, listed first
+    score, kappa = STOP_SCORE_CANDIDATES[best]
+    return score, kappa, savings
+
+
+def _predicted_threshold(risk: np.ndarray, lam: np.ndarray, n: int, cfg: CalibrationConfig) -> float | None:
+    """The threshold fixed-sequence testing (from the top, binomial) would certify on ``n`` problems whose losses
+    per threshold ``lam`` occurred at the rates ``risk``."""
+    from scipy.stats import binom
+
+    order = np.argsort(-lam, kind="stable")
+    p = binom.cdf(np.floor(risk[order] * n + 1e-9), n, cfg.epsilon)
+    failed = np.flatnonzero(p > cfg.delta)
+    valid = len(lam) if not failed.size else int(failed[0])
+    return float(lam[order][valid - 1]) if valid else None
+
+
+def checkpoint_grid(store: TraceStore) -> tuple[int, ...]:
+    """The positions at which ``store`` recorded checkpoints on every trace that got that far: every ``every``
+    thinking tokens up to its ``max_new_tokens``."""
+    collect_cfg = store.config["collect"]
+    if "every" not in collect_cfg or "max_new_tokens" not in collect_cfg:
+        raise ValueError(f"trace store {store.path} records no checkpoint grid (collect every / max_new_tokens); "
+                         "give the thinking budgets to certify explicitly (--check-points B1,B2,... or 'all')")
+    every, most = int(collect_cfg["every"]), int(collect_cfg["max_new_tokens"])
+    return tuple(range(every, most + 1, every))
+
+
+def threshold_grid(cfg: CalibrationConfig) -> np.ndarray:
+    """The candidate thresholds: ``cfg.thresholds`` (a linspace) plus ``cfg.fine_thresholds`` values ``1 - d`` with
+    ``d`` geometric in [1e-4, 1e-1]; fixed-sequence testing from the top, so more candidates cost no validity."""
+    lam = np.linspace(*cfg.thresholds[:2], int(cfg.thresholds[2]))
+    if cfg.fine_thresholds:
+        lam = np.concatenate([lam, 1.0 - np.geomspace(1e-4, 1e-1, cfg.fine_thresholds)])
+    return np.unique(np.round(lam, 12))
+
+
+def most_losses_certifiable(n: int, epsilon: float, delta: float) -> int | None:
+    """The most losses among ``n`` calibration problems with which the binomial Learn-then-Test still certifies
+    ``epsilon`` at ``delta`` (None: not even zero): what the calibration set can tell apart from ``epsilon``."""
+    from scipy.stats import binom
+
+    k = int(binom.ppf(delta, n, epsilon))
+    while k >= 0 and binom.cdf(k, n, epsilon) > delta:
+        k -= 1
+    return k if k >= 0 else None
+
+
+def early_stopping_figures(units: "StopRuleUnits", threshold: float) -> dict[str, Any]:
+    """What the rule "stop at the first checkpoint whose score >= ``threshold``" does on ``units``: realised risk,
+    accuracy before and after, and the thinking tokens it reads (positions where it stops, the natural length
+    elsewhere)."""
+    reached = units.conf >= threshold
+    first = np.where(reached.any(1), reached.argmax(1), -1)
+    stopped = first >= 0
+    at = np.maximum(first, 0)
+    rows = np.arange(len(first))
+    stop_ok = np.where(stopped, units.ok[rows, at] > 0, units.final)
+    flipped = units.final & ~stop_ok
+    frac_used = np.where(stopped, units.frac[rows, at], 1.0)
+    used = np.where(stopped, units.position[rows, at], units.n_thinking)
+    full = float(units.n_thinking.mean()) if len(units.n_thinking) else float("nan")
+    return {
+        "threshold": threshold,
+        "units": units.description,
+        "realised_risk": float(units.per_problem(flipped.astype(float)[:, None])[:, 0].mean()),
+        "accuracy_full": float(units.final.mean()),
+        "accuracy_stopped": float(stop_ok.mean()),
+        "stopped_fraction": float(stopped.mean()),
+        "thinking_fraction_used_mean": float(frac_used.mean()),
+        "thinking_tokens_full_mean": full,
+        "thinking_tokens_stopped_mean": float(used.mean()) if len(used) else float("nan"),
+        "thinking_saved_fraction": 1.0 - float(used.mean()) / full if full > 0 else float("nan"),
+        "n_samples": int(len(units.final)),
+        "n_problems": int(len(units.problems)),
+    }
 
 
 def out_of_fold_logits(probe: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int,
@@ -245,54 +371,74 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str],
     p_raw = 1.0 / (1.0 + np.exp(-logits))
     p_cal = calibrator.predict_proba(logits)
 
-    # 2. Learn-then-Test on calib problems, at the controller's schedule
-    lam = np.linspace(*cfg.thresholds[:2], int(cfg.thresholds[2]))
-    units_c = stop_rule_units(ca, p_cal, cal, cfg.check_points)
+    # 2. the outlook probe's calibrator (calib problems), and the stop score the rule reads, chosen on train
+    points = checkpoint_grid(store) if cfg.check_points is None else tuple(cfg.check_points)
+    score_name, kappa, score, outlook_info = STOP_SCORE_CONFIDENCE, None, p_cal, None
+    (bdir / "calibration" / "outlook.json").unlink(missing_ok=True)
+    if (bdir / OUTLOOK_PROBE).is_dir():
+        outlook = HiddenStateProbe.load(bdir / OUTLOOK_PROBE)
+        if outlook.layer is not None and int(outlook.layer) != int(meta["confidence_layer"]):
+            raise ValueError(f"{bdir / OUTLOOK_PROBE} reads layer {outlook.layer} but the confidence probe reads "
+                             f"{meta['confidence_layer']}; retrain the bundle with `thinkctl train`")
+        o_logits = outlook.decision_function(ca.X)
+        final = ca.final_correct.astype(int)
+        o_name, o_cv, o_cal = choose_calibrator(o_logits[cal], final[cal], ca.groups[cal], cfg)
+        o_cal.save(bdir / "calibration" / "outlook.json",
+                   metadata={"model": meta["model"]["name"], "layer": meta["confidence_layer"]})
+        p_out = o_cal.predict_proba(o_logits)
+        # choose the score on train, from probes that never saw the problem they score (out of fold)
+        train = np.isin(ca.groups, meta["split"]["train"])
+        c_sel, f_sel = p_cal.copy(), p_out.copy()
+        n_oof = data_info["train_out_of_fold_checkpoints"]
+        if n_oof and n_oof == int(train.sum()):
+            c_sel[train] = calibrator.predict_proba(fit_x[:n_oof])
+            f_sel[train] = o_cal.predict_proba(out_of_fold_logits(outlook, ca.X[train], final[train],
+                                                                  ca.groups[train], cfg.train_folds, cfg.seed))
+        n_calib = len(np.unique(ca.groups[cal]))
+        score_name, kappa, by_score = choose_stop_score(ca, c_sel, f_sel, train, points, cfg, n_calib)
+        score = stop_score(p_cal, p_out, score_name, kappa or 1.0)
+        outlook_info = {"calibrator": o_name, "cv_brier": o_cv, "train_saving_by_score": by_score,
+                        "train_out_of_fold": bool(n_oof),
+                        "test_calibrated": _metrics(final[test], p_out[test], cfg, cfg.seed)}
+
+    # 3. Learn-then-Test on calib problems, at the schedule the controller reads
+    lam = threshold_grid(cfg)
+    units_c = stop_rule_units(ca, score, cal, points)
     losses = early_stopping_losses(units_c.conf, units_c.ok, units_c.final, lam)
     losses = units_c.per_problem(losses)
     method = cfg.method if units_c.greedy else "hoeffding-bentkus"
     ltt = learn_then_test(None, losses, lam, cfg.epsilon, cfg.delta, method=method)
-    risk_doc = {"rule": "stop at the first checkpoint in check_points whose calibrated confidence >= threshold",
+    n_cal = int(losses.shape[0])
+    risk_doc = {"rule": "stop at the first checkpoint in check_points whose stop score >= threshold",
+                "score": score_name, "kappa": kappa,
                 "loss": "1 when the stopped answer is wrong and the full run's answer is right",
-                "units": units_c.description, "check_points": list(cfg.check_points),
+                "units": units_c.description, "check_points": list(points),
                 "epsilon": cfg.epsilon, "delta": cfg.delta, "method": method,
-                "n_calib_problems": int(losses.shape[0]), "n_calib_samples": int(len(units_c.final)),
+                "n_calib_problems": n_cal, "n_calib_samples": int(len(units_c.final)),
+                "min_problems_for_epsilon": min_calibration_size(cfg.epsilon, cfg.delta),
+                "most_losses_certifiable": most_losses_certifiable(n_cal, cfg.epsilon, cfg.delta)
+                if method == "binomial" else None,
                 "threshold": None if ltt.chosen is None else float(ltt.chosen), "reason": ltt.reason,
                 "n_valid_thresholds": int(len(ltt.valid_thresholds))}
     (bdir / "calibration" / "risk_control.json").write_text(json.dumps(risk_doc, indent=2))
 
-    # 3. held-out test figures
+    # 4. held-out test figures
     report: dict[str, Any] = {
         "config": asdict(cfg), "calibrator": best, "cv_brier": cv, "calibration_data": data_info,
         "n_checkpoints": {"calib": int(cal.sum()), "test": int(test.sum()),
                           "train_out_of_fold": data_info["train_out_of_fold_checkpoints"]},
         "test_uncalibrated": _metrics(y[test], p_raw[test], cfg, cfg.seed),
         "test_calibrated": _metrics(y[test], p_cal[test], cfg, cfg.seed),
+        "outlook": outlook_info,
         "risk_control": risk_doc,
     }
     if ltt.chosen is not None:
-        units_t = stop_rule_units(ca, p_cal, test, cfg.check_points)
-        reached = units_t.conf >= ltt.chosen
-        first = np.where(reached.any(1), reached.argmax(1), -1)
-        stopped = first >= 0
-        at = np.maximum(first, 0)
-        rows = np.arange(len(first))
-        stop_ok = np.where(stopped, units_t.ok[rows, at] > 0, units_t.final)
-        flipped = units_t.final & ~stop_ok
-        frac_used = np.where(stopped, units_t.frac[rows, at], 1.0)
-        report["test_early_stopping"] = {
-            "threshold": float(ltt.chosen),
-            "units": units_t.description,
-            "realised_risk": float(units_t.per_problem(flipped.astype(float)[:, None])[:, 0].mean()),
-            "accuracy_full": float(units_t.final.mean()),
-            "accuracy_stopped": float(stop_ok.mean()),
-            "stopped_fraction": float(stopped.mean()),
-            "thinking_fraction_used_mean": float(frac_used.mean()),
-            "n_samples": int(len(units_t.final)),
-            "n_problems": int(len(units_t.problems)),
-        }
+        report["test_early_stopping"] = early_stopping_figures(stop_rule_units(ca, score, test, points),
+                                                               float(ltt.chosen))
+    meta["calibration"] = {"confidence_calibrator": best, "stop_threshold": risk_doc["threshold"],
+                           "stop_score": risk_doc["score"], "kappa": kappa,
+                           "outlook_calibrator": None if outlook_info is None else outlook_info["calibrator"]}
     (bdir / "calibration_report.json").write_text(json.dumps(report, indent=2))
-    meta["calibration"] = {"confidence_calibrator": best, "stop_threshold": risk_doc["threshold"]}
     meta_path.write_text(json.dumps(meta, indent=2))
     return report
 
@@ -305,6 +451,8 @@ class StopRuleUnits:
     conf: np.ndarray  # (n_samples, n_checkpoints) calibrated confidence, NaN where a sample has no such checkpoint
     ok: np.ndarray  # (n_samples, n_checkpoints) forced answer right there
     frac: np.ndarray  # (n_samples, n_checkpoints) fraction of natural thinking read
+    position: np.ndarray  # (n_samples, n_checkpoints) thinking tokens read (0 where there is no checkpoint)
+    n_thinking: np.ndarray  # (n_samples,) the full run's thinking tokens
     final: np.ndarray  # (n_samples,) full run right
     problem_of: np.ndarray  # (n_samples,) index into problems
     problems: np.ndarray
@@ -340,15 +488,18 @@ def stop_rule_units(ca: CheckpointArrays, p_cal: np.ndarray, mask: np.ndarray,
         on &= np.isin(ca.position, np.asarray(check_points))
     conf, ids = checkpoint_matrix(ca.sample[on], p_cal[on]) if on.any() else (np.full((0, 1), np.nan), samples[:0])
     C = np.full((len(samples), conf.shape[1]), np.nan)
-    O, F = np.zeros_like(C), np.ones_like(C)
+    O, F, P = np.zeros_like(C), np.ones_like(C), np.zeros_like(C)
     if len(ids):
         rows = np.searchsorted(samples, ids)
         C[rows] = conf
         O[rows] = checkpoint_matrix(ca.sample[on], ca.y[on].astype(float), fill=0.0)[0]
         F[rows] = checkpoint_matrix(ca.sample[on], ca.fraction[on], fill=1.0)[0]
+        P[rows] = checkpoint_matrix(ca.sample[on], ca.position[on].astype(float), fill=0.0)[0]
     final = ca.final_correct[first].astype(bool)
+    # the natural thinking length: position / fraction of any of the sample's checkpoints
+    n_thinking = np.rint(ca.position[first] / np.maximum(ca.fraction[first], 1e-12))
     problem_of = np.searchsorted(problems, ca.groups[first])  # problems is sorted (np.unique)
-    return StopRuleUnits(C, O, F, final, problem_of, problems, use_greedy)
+    return StopRuleUnits(C, O, F, P, n_thinking, final, problem_of, problems, use_greedy)
 
 
 def bundle_report_entries(bundle_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

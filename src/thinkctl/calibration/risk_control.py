@@ -80,6 +80,11 @@ __all__ = [
     "learn_then_test",
     "RiskControlledThreshold",
     "early_stopping_losses",
+    "stop_score",
+    "STOP_SCORE_OUTLOOK",
+    "STOP_SCORE_CONFIDENCE",
+    "STOP_SCORE_OUTLOOK_ONLY",
+    "STOP_SCORES",
     "min_calibration_size",
     "LTT_METHODS",
     "DEFAULT_THRESHOLDS",
@@ -340,6 +345,42 @@ def learn_then_test(
     return LTTResult(thresholds=lam, risks=risks, p_values=p, valid_thresholds=valid, chosen=chosen, reason=reason,
                      epsilon=epsilon, delta=delta, n=n, method=method,
                      higher_is_conservative=bool(higher_is_conservative), min_n=min_n)
+
+
+#: ``risk_control.json`` ``score`` values (``thinkctl calibrate``): what the certified rule compares with its threshold.
+STOP_SCORE_OUTLOOK = "max(confidence, 1 - kappa * outlook)"
+STOP_SCORE_OUTLOOK_ONLY = "1 - outlook"
+STOP_SCORE_CONFIDENCE = "confidence"
+STOP_SCORES = (STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK, STOP_SCORE_OUTLOOK_ONLY)
+
+
+def stop_score(confidence: ArrayLike, outlook: ArrayLike | None, score: str = STOP_SCORE_OUTLOOK,
+               kappa: float = 1.0) -> NDArray[np.float64]:
+    """The score a serial stop rule compares with its threshold λ ("stop once the score >= λ").
+
+    ``confidence`` is the calibrated P(the answer forced now is right), ``outlook`` the calibrated P(the run's own
+    final answer will be right). Stopping loses nothing when the answer is already there (high confidence) or when
+    the final answer would be wrong anyway (low outlook: thinking that cannot help). The scores:
+
+    * ``"confidence"``: the confidence alone (stop when it is high);
+    * ``"1 - outlook"``: the outlook alone (stop thinking that cannot help);
+    * ``"max(confidence, 1 - kappa * outlook)"``: both; the rule stops when ``confidence >= λ`` or
+      ``outlook <= (1 - λ) / kappa``, one threshold moving both sides at the exchange rate ``kappa``.
+
+    The score and ``kappa`` are chosen on the train split, before the calibration problems are seen, and
+    Learn-then-Test certifies λ on those for the rule actually run.
+    """
+    if score not in STOP_SCORES:
+        raise ValueError(f"score={score!r} is not one of {STOP_SCORES}")
+    conf = np.asarray(confidence, dtype=float)
+    if score == STOP_SCORE_CONFIDENCE:
+        return conf
+    if outlook is None:
+        raise ValueError(f"score={score!r} needs the outlook (P(the final answer will be right))")
+    out = np.asarray(outlook, dtype=float)
+    if score == STOP_SCORE_OUTLOOK_ONLY:
+        return 1.0 - out
+    return np.maximum(conf, 1.0 - kappa * out)
 
 
 def early_stopping_losses(

@@ -11,14 +11,16 @@ DESCRIPTION = __doc__
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, help="bundle folder written by `thinkctl train`")
-    p.add_argument("--epsilon", type=float, default=0.05,
-                   help="largest tolerated rate of right answers turned wrong by stopping early")
+    p.add_argument("--epsilon", type=float, default=0.02,
+                   help="largest tolerated share of problems whose right answer early stopping loses (0.02 needs "
+                        "at least 114 calib problems to certify anything, several hundred to stop often)")
     p.add_argument("--delta", type=float, default=0.1, help="allowed probability that the guarantee fails")
     p.add_argument("--method", choices=["binomial", "hoeffding-bentkus"], default="binomial")
     p.add_argument("--check-points", default=None, metavar="B1,B2,...",
-                   help="thinking budgets at which the certified stop rule reads the confidence (default: the "
-                        "controller's doubling schedule 64,128,256,...; give a custom ControllerConfig's "
-                        "check_points here; 'all': every recorded checkpoint)")
+                   help="thinking budgets at which the certified stop rule reads its score (default: the trace "
+                        "store's checkpoint grid, every --every tokens of `thinkctl collect`, which the controller "
+                        "then reads; give a custom ControllerConfig's check_points here; 'all': every recorded "
+                        "checkpoint)")
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--train-folds", type=int, default=5,
                    help="fit the calibrators on the calib split plus the train split's out-of-fold probe logits, "
@@ -63,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"no early-stopping threshold certified on {rc['n_calib_problems']} calib problems: {rc['reason']}")
     else:
         es = rep["test_early_stopping"]
-        print(f"stop threshold {rc['threshold']:.3f} (epsilon={rc['epsilon']}, delta={rc['delta']}): on test, "
-              f"realised risk {es['realised_risk']:.3f}, thinking used {es['thinking_fraction_used_mean']:.2f}, "
-              f"accuracy {es['accuracy_full']:.3f} -> {es['accuracy_stopped']:.3f} ({es['n_problems']} problems)")
+        print(f"stop rule: score {rc['score']!r} >= {rc['threshold']:.4f}, read every "
+              f"{_spacing(rc['check_points'])} thinking tokens (epsilon={rc['epsilon']}, delta={rc['delta']}, "
+              f"certified on {rc['n_calib_problems']} calib problems; at most {rc['most_losses_certifiable']} "
+              f"losses among them could pass); on test: realised risk {es['realised_risk']:.3f}, thinking "
+              f"{es['thinking_tokens_full_mean']:.1f} -> {es['thinking_tokens_stopped_mean']:.1f} tokens "
+              f"({100 * es['thinking_saved_fraction']:.1f} % saved), accuracy {es['accuracy_full']:.3f} -> "
+              f"{es['accuracy_stopped']:.3f} ({es['n_problems']} problems)")
     from pathlib import Path
 
     if not args.no_routing and (Path(args.bundle) / "difficulty_probe").is_dir():
@@ -78,3 +84,11 @@ def run(args: argparse.Namespace) -> int:
               + f"; expected accuracy {table.meta['expected_accuracy']:.3f} at {table.meta['expected_tokens']:.0f} "
                 f"tokens (budget {table.meta['token_budget']:.0f})")
     return 0
+
+
+def _spacing(points: list[int]) -> str:
+    """``"8"`` for an evenly spaced schedule 8, 16, 24, ...; otherwise the first few budgets."""
+    gaps = {b - a for a, b in zip(points, points[1:])}
+    if len(gaps) == 1 and points[0] == next(iter(gaps)):
+        return str(points[0])
+    return "/".join(map(str, points[:4])) + ("/..." if len(points) > 4 else "")

@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=4, help="generations per problem (the first is greedy)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--every", type=int, default=16, help="a checkpoint every this many thinking tokens")
+    p.add_argument("--checkpoints", choices=["all", "greedy"], default="all",
+                   help="samples that get checkpoints (states and forced answers): all, or the greedy one only "
+                        "(sampled generations then keep their final answer and length: enough for routing, "
+                        "about a third of the cost)")
     p.add_argument("--layers", default="all", help="'all' or comma-separated layer indices (negatives from the end)")
     p.add_argument("--max-new-tokens", type=int, default=768)
     p.add_argument("--batch-size", type=int, default=64)
@@ -45,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     layers = "all" if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
     cfg = replace(CollectConfig(), task=args.task, n_problems=args.n, seed=args.seed, level=args.level,
-                  samples=args.samples, temperature=args.temperature, every=args.every, layers=layers,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                  shard_problems=args.shard_problems,
+                  samples=args.samples, temperature=args.temperature, every=args.every,
+                  checkpoints=args.checkpoints, layers=layers, max_new_tokens=args.max_new_tokens,
+                  batch_size=args.batch_size, shard_problems=args.shard_problems,
                   prompt_suffix=INSTRUCT_SUFFIX if args.instruct else "")
     ray_cfg = ray_config(args)
     task = thinkctl.tasks.get(args.task)

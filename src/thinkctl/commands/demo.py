@@ -1,16 +1,21 @@
 """``thinkctl demo``: the main job on the embedded model, end to end, in minutes on 2 CPU cores.
 
-1. collect traces on ``arith`` (greedy + sampled generations, hidden states and forced answers at checkpoints);
-2. train predictors (confidence probe, difficulty probe, LightGBM) on a train split of the problems;
-3. calibrate on the calibration split: calibrators, the Learn-then-Test stop threshold, the difficulty calibrator
+1. collect traces on ``--task`` (a greedy generation with hidden states and forced answers every ``--every``
+   thinking tokens, plus sampled generations that record only their answer: what the stop rule and the routing
+   table need, and no more);
+2. train predictors (confidence and outlook probes, difficulty probe, LightGBM) on a train split of the problems;
+3. calibrate on the calibration split -- the largest, since every decision is certified or tested there:
+   calibrators, the Learn-then-Test stop rule (read every ``--every`` thinking tokens), the difficulty calibrator
    and the routing table;
-4. evaluate the adaptive controller against the baselines on the held-out test split (never seen by 2 or 3), with
-   the oracle frontier from those problems' greedy traces;
+4. evaluate the adaptive controller, its serial route alone and the baselines on the held-out test split (never
+   seen by 2 or 3), with the oracle frontier from those problems' greedy traces;
 5. write the reports: ``report.html`` (calibration), ``evaluate.json`` + ``evaluate.png`` (accuracy against tokens),
-   ``summary.json``, and print a short table.
+   ``summary.json``, the bundle in ``OUT/bundle`` (load it with ``AdaptiveController.load``), and print where the
+   controller saved or gained, with figures.
 
 Each stage resumes from its outputs in ``--out`` (the trace store resumes shard by shard; the evaluation resumes
-from its JSONL rows), so an interrupted demo continues where it stopped; ``--fresh`` starts over.
+from its JSONL rows), so an interrupted demo continues where it stopped; ``--fresh`` starts over (it deletes only
+a folder that a demo wrote).
 """
 
 from __future__ import annotations
@@ -25,25 +30,49 @@ NAME = "demo"
 HELP = "end to end on the embedded model: collect -> train -> calibrate -> evaluate -> report"
 DESCRIPTION = __doc__
 
-DEMO_STRATEGIES = "fixed@64,fixed@384,sc@4,sc@8,sc@16,best_of@8,esc@16,asc@16,deepconf@16,dynasor,adaptive"
+DEMO_STRATEGIES = "fixed@64,fixed@{cap},serial,sc@4,sc@8,sc@16,dynasor,adaptive"
+#: What a demo writes into ``--out``; ``--fresh`` deletes a folder only when all it holds is among these.
+DEMO_OUTPUTS = ("traces", "bundle", "report", "summary.json", "evaluate.json", "evaluate.png", "reliability.png",
+                "evaluate.rows.jsonl", "summary.json.tmp", "evaluate.json.tmp")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
-    p.add_argument("--task", default="arith", help="task family")
-    p.add_argument("--out", default="out/demo", help="output folder")
-    p.add_argument("--n", type=int, default=200,
-                   help="problems collected (split 50/25/25 train/calib/test; 45 calib problems are the fewest "
-                        "that can certify the default epsilon of 0.05)")
-    p.add_argument("--samples", type=int, default=4, help="generations per problem in the traces (first greedy)")
+    p.add_argument("--task", default="arith", help="task family (arith, modeq, mix, ...)")
+    p.add_argument("--out", default="out/demo", help="output folder (the bundle goes to OUT/bundle)")
+    p.add_argument("--n", type=int, default=800,
+                   help="problems collected, split train/calib/test by --calib-fraction and --test-fraction")
+    p.add_argument("--calib-fraction", type=float, default=0.55,
+                   help="share of the problems that certify the stop rule and test the routing (at epsilon 0.02 "
+                        "Learn-then-Test certifies nothing below 114 problems, and a rule that stops often needs "
+                        "several hundred; seeing a 4-point vote gain takes hundreds too)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share of the problems the demo evaluates on")
+    p.add_argument("--samples", type=int, default=4,
+                   help="generations per problem in the traces (the first greedy; the others record their answer)")
+    p.add_argument("--every", type=int, default=8,
+                   help="thinking tokens between checkpoints, where the stop rule reads its score (reading is free; "
+                        "each recorded checkpoint costs one forced answer at collection time)")
+    p.add_argument("--epsilon", type=float, default=0.02,
+                   help="largest certified share of problems whose right answer early stopping may lose")
     p.add_argument("--seed", type=int, default=2000, help="problem, split and sampling seed")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (traces and controller)")
-    p.add_argument("--strategies", default=DEMO_STRATEGIES, help="strategies evaluated")
+    p.add_argument("--strategies", default=None,
+                   help=f"strategies evaluated (default: {DEMO_STRATEGIES.format(cap='CAP')}, CAP the token cap)")
     p.add_argument("--token-cap", type=int, default=384,
                    help="generated tokens per sample at most (the embedded model's longest arith traces are ~350 at "
                         "T=0.7; the cap sizes the preallocated KV cache, so it sets the cost of every step)")
-    p.add_argument("--fresh", action="store_true", help="delete --out first")
+    p.add_argument("--fresh", action="store_true", help="delete --out first (only a folder a demo wrote)")
     add_progress_argument(p)
+
+
+def _check_fresh(out: Path) -> None:
+    """Refuse to delete a folder that holds anything a demo does not write."""
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is not a folder; give a folder for the demo's outputs")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS)
+    if foreign:
+        raise ValueError(f"--fresh would delete {out}, which holds files a demo did not write ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}); choose another --out or remove them yourself")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,15 +87,22 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.commands.evaluate import format_table
     from thinkctl.controller import AdaptiveController, ControllerConfig
     from thinkctl.controller.routing import fit_bundle_routing, routing_summary
-    from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, pareto_plot, summarize
+    from thinkctl.eval.evaluate import (evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot,
+                                        summarize)
     from thinkctl.models import load_model, model_id
     from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
     from thinkctl.traces import CollectConfig, collect
 
     if args.n < 16:
-        raise ValueError(f"--n={args.n} is too small for a train/calib/test split; use at least 16 (default 200)")
+        raise ValueError(f"--n={args.n} is too small for a train/calib/test split; use at least 16 (default 800)")
+    split_cfg = PredictorTrainingConfig(seed=args.seed, calib_fraction=args.calib_fraction,
+                                        test_fraction=args.test_fraction)
+    cal_cfg = CalibrationConfig(epsilon=args.epsilon)
+    strategies = [s.strip() for s in (args.strategies or DEMO_STRATEGIES.format(cap=args.token_cap)).split(",")
+                  if s.strip()]
     out = Path(args.out)
     if args.fresh and out.exists():
+        _check_fresh(out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -81,17 +117,18 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model)
     stage("collect traces")
     ccfg = replace(CollectConfig(), task=args.task, n_problems=args.n, seed=args.seed, samples=args.samples,
-                   temperature=args.temperature)
+                   temperature=args.temperature, every=args.every, checkpoints="greedy",
+                   max_new_tokens=args.token_cap)  # the controller never generates past the cap either
     store = collect(model, tokenizer, task, problems, str(out / "traces"), ccfg, model_name=model_id(model),
                     progress=not args.no_progress)
 
     bundle = out / "bundle"
     stage("train predictors")
     if not (bundle / "bundle.json").is_file():
-        train_predictors(store, bundle, PredictorTrainingConfig(seed=args.seed))
+        train_predictors(store, bundle, split_cfg)
     train = json.loads((bundle / "train_report.json").read_text())
-    stage("calibrate (calibrators, Learn-then-Test threshold, routing table)")
-    cal = calibrate_bundle(bundle, CalibrationConfig())
+    stage("calibrate (calibrators, Learn-then-Test stop rule, routing table)")
+    cal = calibrate_bundle(bundle, cal_cfg)
     ctl_cfg = ControllerConfig(seed=args.seed, temperature=args.temperature, token_cap=args.token_cap,
                                easy_cap=min(ControllerConfig().easy_cap, args.token_cap))
     table = fit_bundle_routing(bundle, config=ctl_cfg, tokenizer=tokenizer)
@@ -103,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
     test_ids = set(json.loads((bundle / "bundle.json").read_text())["split"]["test"])
     held_out = [p for p in problems if p.id in test_ids]
     controller = AdaptiveController.load(bundle, model, tokenizer, ctl_cfg, task=task)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(held_out) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
@@ -113,10 +149,18 @@ def run(args: argparse.Namespace) -> int:
     rows += [r for r in oracle_rows(store) if r["problem_id"] in test_ids]
     summary = summarize(rows, seed=args.seed)
     mc = matched_compute(summary)
-    write_json(out / "evaluate.json", {"strategies": summary, "matched_compute": mc,
+    full = f"fixed@{args.token_cap}"
+    savings = {"serial_vs_greedy": paired_comparison(rows, "serial", full, seed=args.seed),
+               "adaptive_vs_greedy": paired_comparison(rows, "adaptive", full, seed=args.seed),
+               "adaptive_vs_sc16": paired_comparison(rows, "adaptive", "sc@16", seed=args.seed)}
+    voted = sorted(r["problem_id"] for r in rows if r["strategy"] == "adaptive" and r["route"] == "parallel")
+    savings["votes_vs_serial_on_routed"] = paired_comparison(rows, "adaptive", "serial", seed=args.seed,
+                                                             problems=voted) if voted else None
+    write_json(out / "evaluate.json", {"strategies": summary, "matched_compute": mc, "paired": savings,
                                        "config": {"task": args.task, "seed": args.seed, "n": len(held_out),
                                                   "problems": "test split of the demo's traces",
                                                   "model": args.model, "strategies": strategies,
+                                                  "token_cap": args.token_cap,
                                                   "routing": routing_summary(table)}})
     import matplotlib
 
@@ -136,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     result = {"timings_s": stamps, "train_report": train, "calibration": {
         "calibrator": cal["calibrator"], "ece_uncalibrated": ece_u, "ece_calibrated": ece_c,
         "risk_control": cal["risk_control"], "test_early_stopping": cal.get("test_early_stopping")},
-        "routing": routing_summary(table), "evaluate": summary, "matched_compute": mc}
+        "routing": routing_summary(table), "routing_meta": table.meta, "evaluate": summary, "matched_compute": mc,
+        "paired": savings}
     write_json(out / "summary.json", result)
     print()
     print(format_table(summary))
@@ -144,20 +189,62 @@ def run(args: argparse.Namespace) -> int:
     if conf:
         diff = train.get("difficulty", {})
         print(f"held-out AUROC: confidence probe (layer {conf.get('layer')}) {_fmt_auc(conf.get('test_auroc'))}, "
-              f"token-confidence baseline {_fmt_auc(conf.get('baseline_token_confidence_auroc'))}; difficulty "
-              f"prompt probe {_fmt_auc(diff.get('prompt_probe_test_auroc'))}, LightGBM "
-              f"{_fmt_auc(diff.get('lightgbm_test_auroc'))}")
+              f"outlook probe {_fmt_auc(train.get('outlook', {}).get('test_auroc'))}, difficulty prompt probe "
+              f"{_fmt_auc(diff.get('prompt_probe_test_auroc'))}, LightGBM {_fmt_auc(diff.get('lightgbm_test_auroc'))}")
+    rc = cal["risk_control"]
     print(f"calibration ({cal['calibrator']}): test ECE {ece_u['value']:.3f} -> {ece_c['value']:.3f} "
-          f"[{ece_c['ci95'][0]:.3f}, {ece_c['ci95'][1]:.3f}]; stop threshold {cal['risk_control']['threshold']}")
+          f"[{ece_c['ci95'][0]:.3f}, {ece_c['ci95'][1]:.3f}]; stop rule {rc['score']!r} >= {rc['threshold']} "
+          f"certified at epsilon={rc['epsilon']} on {rc['n_calib_problems']} calib problems")
     print("routing: " + ", ".join(f"P(solve) in [{a:.2f}, {b:.2f}) -> {r}"
-                                  for (a, b), r in ((x["p_solve"], x["route"]) for x in routing_summary(table))))
-    if "adaptive" in summary and mc:
-        worse = [f for f, v in mc.items() if not v["target_at_least_as_accurate"]]
-        print("adaptive at matched tokens: " + ("at least as accurate as every baseline family" if not worse
-                                                else "less accurate than " + ", ".join(worse)))
+                                  for (a, b), r in ((x["p_solve"], x["route"]) for x in routing_summary(table)))
+          + f" (fitted on {table.meta.get('n_problems')} calib problems)")
+    for line in summary_lines(savings, summary, mc, full):
+        print(line)
     print(f"total {stamps['done']:.0f} s; wrote {out}/summary.json, {out}/evaluate.json, {out}/evaluate.png, "
-          f"{out}/reliability.png, {out}/report/report.html")
+          f"{out}/reliability.png, {out}/report/report.html, bundle {out}/bundle")
     return 0
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f} %"
+
+
+def summary_lines(savings: dict, summary: dict, mc: dict, full: str) -> list[str]:
+    """Where adaptive saved or gained, with figures and 95 % intervals (paired over the same problems)."""
+    lines = []
+    s = savings.get("serial_vs_greedy")
+    if s and "thinking_saved_fraction" in s:
+        lo, hi = s["thinking_saved_ci95"]
+        dlo, dhi = s["accuracy_diff_ci95"]
+        lines.append(f"early stopping (serial vs {full}, greedy to the end): {_pct(s['thinking_saved_fraction'])} "
+                     f"[{_pct(lo)}, {_pct(hi)}] fewer thinking tokens ({s['thinking_tokens_baseline']:.1f} -> "
+                     f"{s['thinking_tokens_target']:.1f}), accuracy {s['accuracy_baseline']:.3f} -> "
+                     f"{s['accuracy_target']:.3f} (difference {s['accuracy_diff']:+.3f} [{dlo:+.3f}, {dhi:+.3f}], "
+                     f"{s['n']} problems)")
+    if "adaptive" in summary:
+        routes = summary["adaptive"].get("routes", {})
+        n = summary["adaptive"]["n"]
+        v = savings.get("votes_vs_serial_on_routed")
+        voted = routes.get("parallel", 0)
+        if v:
+            lo, hi = v["accuracy_diff_ci95"]
+            lines.append(f"routing: {voted} of {n} queries sent to votes; on them votes scored "
+                         f"{v['accuracy_target']:.3f} against the serial route's {v['accuracy_baseline']:.3f} "
+                         f"({v['accuracy_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]) for "
+                         f"{-100 * v['tokens_saved_fraction']:.0f} % more tokens")
+        else:
+            lines.append(f"routing: no query sent to votes ({', '.join(f'{k} {c}' for k, c in routes.items())})")
+        a = savings.get("adaptive_vs_sc16")
+        if a:
+            lo, hi = a["accuracy_diff_ci95"]
+            lines.append(f"adaptive against sc@16: accuracy {a['accuracy_target']:.3f} vs {a['accuracy_baseline']:.3f}"
+                         f" ({a['accuracy_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]) at "
+                         f"{_pct(1 - a['tokens_saved_fraction'])} of its tokens")
+        if mc:
+            worse = [f for f, x in mc.items() if not x["target_at_least_as_accurate"]]
+            lines.append("adaptive at matched tokens: " + ("at least as accurate as every baseline family"
+                                                            if not worse else "less accurate than " + ", ".join(worse)))
+    return lines
 
 
 def _fmt_auc(v: object) -> str:

@@ -21,7 +21,9 @@ NAME = "evaluate"
 HELP = "the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor) on a task -> results JSON"
 DESCRIPTION = __doc__
 
-DEFAULT_STRATEGIES = "fixed@64,fixed@128,fixed@1024,sc@4,sc@8,sc@16,best_of@8,esc,asc,dynasor,adaptive"
+DEFAULT_STRATEGIES = "fixed@64,fixed@128,fixed@1024,serial,sc@4,sc@8,sc@16,best_of@8,esc,asc,dynasor,adaptive"
+#: Strategies that read a bundle's predictors (the default list drops them when no --bundle is given).
+NEEDS_BUNDLE = ("serial", "best_of")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", required=True, metavar="OUT", help="summary JSON to write")
     p.add_argument("--bundle", default=None, help="predictor bundle (thinkctl train + calibrate); without one the "
                                                   "controller routes everything serially and never stops early")
-    p.add_argument("--strategies", default=DEFAULT_STRATEGIES, help="comma-separated strategy names")
+    p.add_argument("--strategies", default=None,
+                   help=f"comma-separated strategy names (default: {DEFAULT_STRATEGIES}; without --bundle, those "
+                        f"that need none). 'serial' is the controller's serial route alone (certified early "
+                        f"stopping); the summary compares it with greedy to the end (fixed@CAP) paired by problem")
     p.add_argument("--rows", default=None, help="per-problem JSONL (default: OUT with .rows.jsonl); resumed")
     p.add_argument("--plot", default=None, help="PNG of accuracy against tokens (default: OUT with .png)")
     p.add_argument("--traces", default=None, help="greedy traces of the same problems: adds the oracle frontier")
@@ -55,16 +60,27 @@ def run(args: argparse.Namespace) -> int:
 
     import thinkctl
     from thinkctl.controller import AdaptiveController, ControllerConfig
-    from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, pareto_plot, summarize
+    from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot, summarize
 
     if args.block < 1:
         raise ValueError(f"--block={args.block} must be at least 1")
     ray_cfg = ray_config(args)
     if args.n < 1:
         raise ValueError(f"--n={args.n} must be at least 1")
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if args.strategies is None:
+        strategies = [s for s in DEFAULT_STRATEGIES.split(",") if args.bundle or s.partition("@")[0] not in NEEDS_BUNDLE]
+    else:
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not strategies:
         raise ValueError("--strategies is empty; give e.g. fixed@256,sc@8,adaptive")
+    from thinkctl.controller.strategies import get_strategy
+
+    for name in strategies:
+        get_strategy(name)  # an unknown name fails here, before any work
+    needs = [s for s in strategies if s.partition("@")[0] in NEEDS_BUNDLE]
+    if needs and not args.bundle:
+        raise ValueError(f"--strategies {','.join(needs)} read a bundle's predictors; give --bundle (thinkctl train + "
+                         "calibrate) or drop them")
     task = thinkctl.tasks.get(args.task)
     problems = task.sample(args.n, seed=args.seed, level=args.level)
     if args.instruct:
@@ -102,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         ids = {p.id for p in problems}
         rows += [r for r in oracle_rows(TraceStore(args.traces)) if r["problem_id"] in ids]
     summary = summarize(rows, seed=args.seed)
-    result = {"strategies": summary, "matched_compute": matched_compute(summary),
+    full = f"fixed@{cfg.token_cap}"
+    paired = {f"{a}_vs_{b}": paired_comparison(rows, a, b, seed=args.seed)
+              for a, b in (("serial", full), ("adaptive", full), ("adaptive", "sc@16")) if a in summary and b in summary}
+    result = {"strategies": summary, "matched_compute": matched_compute(summary), "paired": paired,
               "config": {"task": args.task, "seed": args.seed, "n": args.n, "level": args.level,
                          "model": args.model, "bundle": args.bundle, "strategies": strategies,
                          "controller": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
@@ -120,6 +139,16 @@ def run(args: argparse.Namespace) -> int:
     fig.savefig(plot, dpi=120)
     plt.close(fig)
     print(format_table(summary))
+    for name, pc in paired.items():
+        if pc is None:
+            continue
+        line = f"{pc['target']} vs {pc['baseline']} ({pc['n']} problems): accuracy {pc['accuracy_diff']:+.3f} " \
+               f"[{pc['accuracy_diff_ci95'][0]:+.3f}, {pc['accuracy_diff_ci95'][1]:+.3f}], tokens saved " \
+               f"{100 * pc['tokens_saved_fraction']:.1f} %"
+        if "thinking_saved_fraction" in pc:
+            lo, hi = pc["thinking_saved_ci95"]
+            line += f", thinking saved {100 * pc['thinking_saved_fraction']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+        print(line)
     mc = result["matched_compute"]
     if mc:
         worse = [f for f, v in mc.items() if not v["target_at_least_as_accurate"]]
@@ -131,10 +160,11 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(summary: dict) -> str:
     """The summary as a fixed-width table, sorted by tokens."""
-    lines = [f"{'strategy':<14}{'accuracy':>9}  {'95% CI':<15}{'tokens':>9}{'samples':>9}{'n':>6}"]
+    lines = [f"{'strategy':<14}{'accuracy':>9}  {'95% CI':<15}{'tokens':>9}{'thinking':>9}{'samples':>9}{'n':>6}"]
     for name, s in sorted(summary.items(), key=lambda kv: kv[1]["tokens_mean"]):
         lo, hi = s["ci95"]
         samples = "-" if s["samples_mean"] is None else f"{s['samples_mean']:.2f}"
-        lines.append(f"{name:<14}{s['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]  {s['tokens_mean']:>9.1f}{samples:>9}"
-                     f"{s['n']:>6}")
+        think = "-" if s.get("thinking_tokens_mean") is None else f"{s['thinking_tokens_mean']:.1f}"
+        lines.append(f"{name:<14}{s['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]  {s['tokens_mean']:>9.1f}{think:>9}"
+                     f"{samples:>9}{s['n']:>6}")
     return "\n".join(lines)

@@ -17,8 +17,8 @@ Examples
 
 from thinkctl.controller.config import ControllerConfig
 from thinkctl.controller.core import AdaptiveController, ControllerResult, DeepConfOnline
-from thinkctl.controller.predictors import HiddenStatePredictor, load_bundle_predictors
+from thinkctl.controller.predictors import HiddenStatePredictor, Outlook, load_bundle_predictors
 from thinkctl.controller.strategies import STRATEGIES, get_strategy
 
 __all__ = ["AdaptiveController", "ControllerConfig", "ControllerResult", "DeepConfOnline", "HiddenStatePredictor",
-           "load_bundle_predictors", "STRATEGIES", "get_strategy"]
+           "Outlook", "load_bundle_predictors", "STRATEGIES", "get_strategy"]

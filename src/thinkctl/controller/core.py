@@ -30,8 +30,9 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from thinkctl.controller.config import ControllerConfig
-from thinkctl.controller.predictors import (HiddenStatePredictor, load_bundle_predictors, model_hidden_size,
-                                            model_num_layers)
+from thinkctl.calibration.risk_control import stop_score
+from thinkctl.controller.predictors import (HiddenStatePredictor, Outlook, load_bundle_outlook,
+                                            load_bundle_predictors, model_hidden_size, model_num_layers)
 from thinkctl.controller.routing import Route, RoutingTable
 from thinkctl.eval.voting import MajorityStabilityStopping, VoteTally
 from thinkctl.generation import NO_AUTO_COMPILE, ReasoningFormat, chat_prefix, reasoning_format
@@ -62,8 +63,8 @@ class ControllerResult:
     text : str
         The generated text that produced the answer (thinking, answer marker, answer).
     confidence : float
-        In [0, 1]. Serial routes: the calibrated confidence predictor at the last probe, or at the last thinking
-        token when the thinking ended before the first probe (0.0 without a confidence predictor). Parallel: the
+        In [0, 1]. Serial routes: the calibrated confidence predictor at the last thinking token (where thinking
+        stopped or ended; 0.0 without a confidence predictor). Parallel: the
         winner's share of the (possibly confidence-weighted) votes -- an agreement frequency.
     tokens : int
         Tokens the model processed for this prompt (see the module docstring).
@@ -73,6 +74,9 @@ class ControllerResult:
         The route or baseline that produced the answer (``"serial"``, ``"easy"``, ``"parallel"``, ``"fixed@256"``...).
     trace : list of dict
         Decision records in order: ``{"event": "route" | "probe" | "stop" | "sample_wave" | "vote" | "answer", ...}``.
+    thinking_tokens : int
+        The part of ``tokens`` spent thinking, over every sample: generated tokens before the end of thinking
+        (tokens forced into the thinking, such as "Wait", included) plus the tokens of forced-answer probes.
     """
 
     answer: str
@@ -82,6 +86,7 @@ class ControllerResult:
     samples: int
     strategy: str
     trace: list[dict[str, Any]] = field(default_factory=list)
+    thinking_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,9 +218,13 @@ class AdaptiveController:
     Without a routing table the thresholds ``config.easy_above`` / ``config.hard_below`` apply; without a difficulty
     predictor every prompt goes serial.
 
-    Serial: greedy thinking; the calibrated confidence is read at thinking budgets ``B0, 2*B0, 4*B0, ...`` (the
-    doubling schedule of ``config.budgets``) inside the same generation, and the answer is forced once it reaches
-    the confidence predictor's Learn-then-Test threshold, at the cap, or at the deadline.
+    Serial: greedy thinking; the stop score is read at the thinking budgets its threshold was certified at (the
+    bundle's checkpoint grid, e.g. every 8 thinking tokens; ``config.check_points`` or the doubling schedule
+    ``B0, 2*B0, ...`` of ``config.budgets`` when the bundle records none) inside the same generation, and the
+    answer is forced once it reaches the Learn-then-Test threshold, at the cap, or at the deadline. The stop score
+    is the calibrated confidence, or with an ``outlook`` ``1 - P(final right)`` or ``max(confidence, 1 - kappa *
+    P(final right))``: high when the answer is already there or when thinking on cannot help (a final answer that
+    will be wrong anyway), as the bundle certified it.
 
     Parallel: waves of ``config.wave_size`` samples per prompt branch off the shared prefill until ``stop_rule``
     (default :class:`~thinkctl.eval.voting.MajorityStabilityStopping`) says the vote is settled or the sample budget
@@ -227,7 +236,10 @@ class AdaptiveController:
     model, tokenizer
         A transformers causal LM and its tokenizer (with a chat template).
     confidence : HiddenStatePredictor, optional
-        Calibrated P(the answer forced now is right), with its stop threshold.
+        Calibrated P(the answer forced now is right), with the stop threshold of the stop score.
+    outlook : Outlook, optional
+        Calibrated P(the run's own final answer will be right), read at the confidence predictor's layer, with the
+        stop score that uses it (see :func:`thinkctl.calibration.risk_control.stop_score`).
     difficulty : HiddenStatePredictor, optional
         Calibrated P(one sample solves the query), read at the prompt's last token.
     config : ControllerConfig
@@ -251,7 +263,8 @@ class AdaptiveController:
     def __init__(self, model: Any, tokenizer: Any, *, confidence: HiddenStatePredictor | None = None,
                  difficulty: HiddenStatePredictor | None = None, config: ControllerConfig = ControllerConfig(),
                  task: Any = None, stop_rule: StopRuleLike | None = None,
-                 routing: RoutingTable | None = None, scorer: Scorer | None = None) -> None:
+                 routing: RoutingTable | None = None, scorer: Scorer | None = None,
+                 outlook: Outlook | None = None) -> None:
         if not isinstance(config, ControllerConfig):
             raise ValueError(f"config must be a ControllerConfig, got {type(config).__name__}")
         if routing is not None and not isinstance(routing, RoutingTable):
@@ -260,6 +273,7 @@ class AdaptiveController:
         self.tokenizer = tokenizer
         self.confidence = confidence
         self.difficulty = difficulty
+        self.outlook = outlook
         self.config = config
         self.task = task
         self.routing = routing
@@ -268,9 +282,15 @@ class AdaptiveController:
         self.fmt: ReasoningFormat = reasoning_format(tokenizer)
         self.think_start, self.think_end = think_markers(tokenizer)
         self.n_layers = model_num_layers(model)
-        for pred in (confidence, difficulty):
+        if outlook is not None and not isinstance(outlook, Outlook):
+            raise ValueError(f"outlook must be an Outlook (predictor and kappa), got {type(outlook).__name__}")
+        for pred in (confidence, difficulty, outlook.predictor if outlook is not None else None):
             if pred is not None:
                 pred.hidden_index(self.n_layers)  # raises on a layer the model does not have
+        if outlook is not None and (confidence is None or outlook.predictor.hidden_index(self.n_layers)
+                                    != confidence.hidden_index(self.n_layers)):
+            raise ValueError("an outlook predictor needs a confidence predictor at the same layer (the stop score "
+                             "reads both from one hidden state)")
         for name, cap in (("token_cap", config.token_cap), ("easy_cap", config.easy_cap)):
             if self._thinking_cap(cap) < 1:
                 raise ValueError(f"{name}={cap} leaves no room for thinking after the forced answer "
@@ -290,6 +310,8 @@ class AdaptiveController:
         from pathlib import Path
 
         confidence, difficulty, _ = load_bundle_predictors(bundle_dir, model)
+        if "outlook" not in kwargs:
+            kwargs["outlook"] = load_bundle_outlook(bundle_dir, model)
         path = Path(bundle_dir) / "routing.json"
         if "routing" not in kwargs and path.is_file():
             kwargs["routing"] = RoutingTable.load(path)
@@ -469,7 +491,7 @@ class AdaptiveController:
             tap = HiddenStateTap(self.model, layers=(index - 1,), final_norm=last)
             layer: int | str = FINAL_NORM if last else index - 1
             if probe_at:
-                probe = ProbeStopping(tap, lambda h: torch.as_tensor(conf(h)), threshold, every=None,
+                probe = ProbeStopping(tap, lambda h: torch.as_tensor(self._stop_score(h)), threshold, every=None,
                                       at=tuple(probe_at), layer=layer, think_start=self.think_start,
                                       think_end=self.think_end)
                 rules.append(probe)
@@ -615,6 +637,9 @@ class AdaptiveController:
         if budgets is not None:
             plan = sorted({min(int(b), tcap) for b in budgets})
             cap = min(cap, plan[-1] + (cap - tcap))
+        elif conf_pred is not None and conf_pred.certified_at and not cfg.check_points and cfg.max_budget is None:
+            # read where the threshold was certified (reading is free: a probe on the tapped state)
+            plan = [c for c in conf_pred.certified_at if c < tcap] + [tcap] if tcap >= 1 else []
         else:
             plan = cfg.budgets(tcap)
             cap = min(cap, plan[-1] + (cap - tcap)) if plan else cap
@@ -634,8 +659,11 @@ class AdaptiveController:
         for k, i in enumerate(rows):
             trace = traces[k]
             for t, c in out.probes[k]:
-                trace.append({"event": "probe", "thinking_tokens": t, "confidence": c, "threshold": threshold})
-            confidence = out.probes[k][-1][1] if out.probes[k] else out.end_confidence[k]
+                trace.append({"event": "probe", "thinking_tokens": t, "score": c, "threshold": threshold})
+            if self.outlook is None and out.reasons[k] == "confident" and out.probes[k]:
+                confidence = out.probes[k][-1][1]  # the probe that fired read this very state
+            else:
+                confidence = out.end_confidence[k]  # the last thinking token's state (where thinking ended)
             if math.isnan(confidence):
                 confidence = 0.0
             stop = {"event": "stop", "reason": out.reasons[k], "thinking_tokens": out.thinking[k], "budgets": plan}
@@ -643,18 +671,26 @@ class AdaptiveController:
                 stop["probe_tokens"] = out.extra_tokens[k]
             trace.append(stop)
             results.append(self._result(pre, i, out.gen[k], 1 + len(out.gen[k]) + out.extra_tokens[k], confidence,
-                                        trace, name, 1))
+                                        trace, name, 1, thinking=out.thinking[k] + out.extra_tokens[k]))
         return results
+
+    def _stop_score(self, hidden: torch.Tensor) -> np.ndarray:
+        """What the serial stop rule compares with its threshold, for states ``(B, hidden)``: the calibrated
+        confidence, or the outlook's score (``1 - outlook`` or ``max(confidence, 1 - kappa * outlook)``)."""
+        conf = self.confidence(hidden)  # type: ignore[misc]
+        if self.outlook is None:
+            return conf
+        return stop_score(conf, self.outlook(hidden), self.outlook.score, self.outlook.kappa)
 
     def _result(self, pre: _Prefill, i: int, gen: list[int], generated: int, confidence: float,
                 trace: list[dict[str, Any]], name: str, samples: int, answer: str | None = None,
-                text: str | None = None) -> ControllerResult:
+                text: str | None = None, thinking: int = 0) -> ControllerResult:
         text = self._decode(gen) if text is None else text
         ans = answer if answer is not None else self._answer_of(text)
         trace.append({"event": "answer", "answer": ans, "generated_tokens": len(gen)})
         return ControllerResult(answer=ans if ans is not None else "", text=text, confidence=float(confidence),
                                 tokens=int(len(pre.prefixes[i]) - 1 + generated), samples=samples,
-                                strategy=name, trace=trace)
+                                strategy=name, trace=trace, thinking_tokens=int(thinking))
 
     def _decode(self, ids: list[int]) -> str:
         eos = set(self.fmt.eos_ids) | {self.fmt.pad_id}
@@ -691,6 +727,7 @@ class AdaptiveController:
         texts: list[list[str]] = [[] for _ in rows]  # each sample decoded once
         scores: list[list[float]] = [[] for _ in rows]
         generated = [0] * k_rows
+        thinking = [0] * k_rows
         status = ["budget"] * k_rows
         active = list(range(k_rows))
         low: list[float] | None = [-math.inf] * k_rows if deepconf is not None else None
@@ -724,6 +761,7 @@ class AdaptiveController:
                     gens[k].append(row)
                     texts[k].append(text)
                     generated[k] += 1 + len(row)
+                    thinking[k] += out.thinking[j]
                     a = None if out.low_confidence[j] else self._answer_of(text)
                     s = out.end_confidence[j]
                     if callable(scorer):
@@ -768,7 +806,7 @@ class AdaptiveController:
                     s = scores[k][best]
                     results[k] = self._result(pre, rows[k], gens[k][best], generated[k],
                                               _squash(s), trace, name, len(gens[k]), answer=leader,
-                                              text=texts[k][best])
+                                              text=texts[k][best], thinking=thinking[k])
                     continue
             else:
                 leader = final.leader()
@@ -783,7 +821,8 @@ class AdaptiveController:
             total = sum(v for _, v in final.ranked())
             share = final.votes(leader) / total if total > 0 else 0.0
             results[k] = self._result(pre, rows[k], gens[k][first], generated[k], share, trace, name,
-                                      tallies[k].n_seen, answer=str(leader), text=texts[k][first])
+                                      tallies[k].n_seen, answer=str(leader), text=texts[k][first],
+                                      thinking=thinking[k])
         if forced:
             # nobody voted (every sample failed to answer, or the deadline came first): one greedy forced answer
             sub = [traces[k] for k in forced]
@@ -793,6 +832,7 @@ class AdaptiveController:
                                cap=cfg.easy_cap, name=name, traces=sub)
             for k, r in zip(forced, res):
                 r.tokens += generated[k]
+                r.thinking_tokens += thinking[k]
                 r.samples = max(1, len(gens[k]) + 1)
                 results[k] = r
         return [r for r in results if r is not None]

@@ -14,7 +14,8 @@ import torch
 
 from thinkctl.models import RETRAIN_HINT, check_stamp, model_hidden_size, model_num_layers
 
-__all__ = ["HiddenStatePredictor", "load_bundle_predictors", "model_hidden_size", "model_num_layers"]
+__all__ = ["HiddenStatePredictor", "Outlook", "load_bundle_predictors", "load_bundle_outlook", "model_hidden_size",
+           "model_num_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,30 @@ class HiddenStatePredictor:
         if not np.all(np.isfinite(p)):
             raise ValueError("the predictor returned non-finite probabilities; check the probe and the tapped layer")
         return np.clip(p, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """Calibrated P(the run's own final answer will be right), read mid-thinking, and the stop score that uses it,
+    ``"1 - outlook"`` or ``"max(confidence, 1 - kappa * outlook)"`` with its ``kappa``
+    (:func:`thinkctl.calibration.risk_control.stop_score`), as the bundle certified them."""
+
+    predictor: HiddenStatePredictor
+    score: str = "max(confidence, 1 - kappa * outlook)"
+    kappa: float = 1.0
+
+    def __post_init__(self) -> None:
+        from thinkctl.calibration.risk_control import STOP_SCORE_CONFIDENCE, STOP_SCORES
+
+        if self.score not in STOP_SCORES or self.score == STOP_SCORE_CONFIDENCE:
+            others = [s for s in STOP_SCORES if s != STOP_SCORE_CONFIDENCE]
+            raise ValueError(f"score={self.score!r} must be one of {others}"
+                             " (a confidence-only rule has no outlook: pass outlook=None)")
+        if not (isinstance(self.kappa, (int, float)) and self.kappa > 0 and np.isfinite(self.kappa)):
+            raise ValueError(f"kappa={self.kappa!r} must be a finite positive number")
+
+    def __call__(self, hidden: torch.Tensor) -> np.ndarray:
+        return self.predictor(hidden)
 
 
 def _check_probe_for_model(probe: Any, hidden: int, what: str, source: Path) -> None:
@@ -137,3 +162,41 @@ def load_bundle_predictors(bundle_dir: str | os.PathLike[str], model: Any
         difficulty = HiddenStatePredictor(dprobe, dlayer, dcal)
     return confidence, difficulty, meta
 
+
+
+def load_bundle_outlook(bundle_dir: str | os.PathLike[str], model: Any) -> Outlook | None:
+    """The bundle's :class:`Outlook` (calibrated P(the run's final answer will be right), read mid-thinking, with the
+    certified stop score's ``kappa``) when its stop threshold was certified on the score that uses it, else None.
+
+    Raises ValueError when ``calibration/risk_control.json`` says the threshold was certified with the outlook but
+    the outlook probe or its calibrator is missing, or reads another layer than the confidence probe: the threshold
+    would then apply to a score it was not certified for.
+    """
+    from thinkctl.calibration.bundle import OUTLOOK_PROBE
+    from thinkctl.calibration.calibrators import load_calibrator
+    from thinkctl.calibration.risk_control import STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK
+    from thinkctl.predictors.probe import HiddenStateProbe
+
+    bdir = Path(bundle_dir)
+    risk_path = bdir / "calibration" / "risk_control.json"
+    risk = json.loads(risk_path.read_text()) if risk_path.is_file() else {}
+    score = risk.get("score", STOP_SCORE_CONFIDENCE)
+    if score == STOP_SCORE_CONFIDENCE:
+        return None
+    probe_dir, cal_path = bdir / OUTLOOK_PROBE, bdir / "calibration" / "outlook.json"
+    if not probe_dir.is_dir() or not cal_path.is_file():
+        raise ValueError(f"{risk_path} certifies a stop threshold on {score!r}, but {probe_dir} or "
+                         f"{cal_path} is missing; rerun `thinkctl train` and `thinkctl calibrate` on the bundle")
+    meta = json.loads((bdir / "bundle.json").read_text())
+    probe = HiddenStateProbe.load(probe_dir)
+    _check_probe_for_model(probe, model_hidden_size(model), "the outlook probe", probe_dir)
+    layer = int(meta["confidence_layer"])
+    if probe.layer is not None and int(probe.layer) != layer:
+        raise ValueError(f"{probe_dir} reads layer {probe.layer}, the confidence probe layer {layer}; the stop score "
+                         "reads both from one state. Retrain the bundle with `thinkctl train`")
+    kappa = risk.get("kappa")
+    if score == STOP_SCORE_OUTLOOK and not isinstance(kappa, (int, float)):
+        raise ValueError(f"{risk_path} certifies {STOP_SCORE_OUTLOOK!r} but records no kappa; rerun `thinkctl "
+                         "calibrate` on the bundle")
+    return Outlook(HiddenStatePredictor(probe, layer, load_calibrator(cal_path)), score,
+                   float(kappa) if isinstance(kappa, (int, float)) else 1.0)

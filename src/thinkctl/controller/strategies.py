@@ -6,7 +6,8 @@ best by the controller's scorer -- a reward model ``scorer(prompt, text)``, or b
 probe at each sample's end of thinking), ``esc`` / ``asc`` (samples with the ESC / ASC stopping rules, up to
 ``config.max_samples``, or ``esc@N`` / ``asc@N``), ``dynasor`` (greedy thinking to the cap, stopped when the answers
 forced every 32 tokens agree 3 times in a row -- Dynasor's probe-in-the-middle, Fu et al. 2024, arXiv:2412.20993;
-the probes' tokens count), ``deepconf`` / ``deepconf@N`` (DeepConf online: warm-up samples set a group-confidence
+the probes' tokens count), ``serial`` (the controller's serial route alone: greedy thinking to the token cap, stopped
+by the bundle's certified stop rule), ``deepconf`` / ``deepconf@N`` (DeepConf online: warm-up samples set a group-confidence
 threshold, later samples below it end early and do not vote, sampling stops at 95 % consensus), ``adaptive`` (the
 controller's own routing). All share the controller's model, tokenizer, task, token cap and deadline, and count tokens
 the same way, so that they compare at matched compute.
@@ -46,6 +47,17 @@ def _fixed(param: int | None, name: str) -> Strategy:
 
     def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
         return controller.run_serial(prompts, budgets=[budget], use_confidence=False, name=name)
+
+    return run
+
+
+@STRATEGIES.register("serial")
+def _serial(param: int | None, name: str) -> Strategy:
+    if param is not None:
+        raise ValueError(f"strategy {name!r} takes no parameter; the token cap is ControllerConfig.token_cap")
+
+    def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
+        return controller.run_serial(prompts, use_confidence=True, name=name)
 
     return run
 
@@ -130,8 +142,8 @@ def _adaptive(param: int | None, name: str) -> Strategy:
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy called ``name`` (``"fixed@256"``, ``"sc@8"``, ``"best_of@8"``, ``"esc"``, ``"asc@20"``,
-    ``"dynasor"``, ``"deepconf"``, ``"adaptive"``)."""
+    """The strategy called ``name`` (``"fixed@256"``, ``"serial"``, ``"sc@8"``, ``"best_of@8"``, ``"esc"``,
+    ``"asc@20"``, ``"dynasor"``, ``"deepconf"``, ``"adaptive"``)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"strategy name must be a non-empty string, got {name!r}")
     base, sep, raw = name.partition("@")

@@ -24,7 +24,7 @@ import numpy as np
 
 from thinkctl.jsonl import iter_jsonl
 
-__all__ = ["evaluate", "summarize", "matched_compute", "pareto_plot", "oracle_rows"]
+__all__ = ["evaluate", "summarize", "matched_compute", "pareto_plot", "oracle_rows", "paired_comparison"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int =
         rng = np.random.default_rng(seed)
         ok = np.array([float(r["correct"]) for r in rs])
         tok = np.array([float(r["tokens"]) for r in rs])
+        think = np.array([float(r.get("thinking_tokens", np.nan)) for r in rs])
         samples = [r.get("samples") for r in rs]
         levels: dict[str, list[float]] = defaultdict(list)
         for r in rs:
@@ -61,9 +62,54 @@ def summarize(rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int =
             "n": len(rs),
             "ci95": list(_bootstrap(ok, n_boot, rng)),
             "tokens_ci95": list(_bootstrap(tok, n_boot, rng)),
+            # None for rows written before thinking tokens were recorded
+            "thinking_tokens_mean": None if np.isnan(think).any() else float(think.mean()),
+            "thinking_tokens_ci95": None if np.isnan(think).any() else list(_bootstrap(think, n_boot, rng)),
             "accuracy_by_level": {k: float(np.mean(v)) for k, v in sorted(levels.items())},
             "routes": dict(routes),
         }
+    return out
+
+
+def paired_comparison(rows: Sequence[dict[str, Any]], target: str, baseline: str, *, n_boot: int = 2000,
+                      seed: int = 0, problems: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """``target`` against ``baseline`` on the problems both answered (or on ``problems``): accuracy difference,
+    thinking tokens saved (``1 - sum target / sum baseline``) and tokens ratio, each with a paired bootstrap 95 %
+    interval over problems. None when they share no problem."""
+    by: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        if r["strategy"] in (target, baseline):
+            by[r["problem_id"]][r["strategy"]] = r
+    keep = set(problems) if problems is not None else None
+    pairs = [(d[target], d[baseline]) for pid, d in sorted(by.items())
+             if target in d and baseline in d and (keep is None or pid in keep)]
+    if not pairs:
+        return None
+    ok = np.array([[float(a["correct"]), float(b["correct"])] for a, b in pairs])
+    tok = np.array([[float(a["tokens"]), float(b["tokens"])] for a, b in pairs])
+    think = np.array([[float(a.get("thinking_tokens", np.nan)), float(b.get("thinking_tokens", np.nan))]
+                      for a, b in pairs])
+    idx = np.random.default_rng(seed).integers(0, len(pairs), size=(n_boot, len(pairs)))
+
+    def ci(stat: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> list[float]:
+        vals = stat(x[idx])
+        return [float(np.nanquantile(vals, 0.025)), float(np.nanquantile(vals, 0.975))]
+
+    def diff(x: np.ndarray) -> np.ndarray:
+        return x[..., 0].mean(-1) - x[..., 1].mean(-1)
+
+    def saved(x: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 1.0 - x[..., 0].sum(-1) / x[..., 1].sum(-1)
+
+    out: dict[str, Any] = {"target": target, "baseline": baseline, "n": len(pairs),
+                           "accuracy_target": float(ok[:, 0].mean()), "accuracy_baseline": float(ok[:, 1].mean()),
+                           "accuracy_diff": float(diff(ok)), "accuracy_diff_ci95": ci(diff, ok),
+                           "tokens_saved_fraction": float(saved(tok)), "tokens_saved_ci95": ci(saved, tok)}
+    if not np.isnan(think).any():
+        out.update({"thinking_tokens_target": float(think[:, 0].mean()),
+                    "thinking_tokens_baseline": float(think[:, 1].mean()),
+                    "thinking_saved_fraction": float(saved(think)), "thinking_saved_ci95": ci(saved, think)})
     return out
 
 
@@ -116,6 +162,7 @@ def evaluate(controller: Any, task: Any, problems: Sequence[Any], strategies: Se
     With ``rows_path``, rows are appended (JSONL) after every block of ``block`` problems and rows already there are
     kept: a killed run resumes with nothing lost and nothing computed twice. A row: ``problem_id``, ``level``,
     ``strategy``, ``budget`` (the ``@`` parameter, or None), ``answer``, ``gold``, ``correct``, ``tokens``,
+    ``thinking_tokens`` (see :class:`~thinkctl.controller.ControllerResult`),
     ``samples``, ``confidence``, ``route`` (the route or baseline that answered), ``stop`` (why thinking or sampling
     ended), and with ``record_trace`` the controller's decision trace.
     """
@@ -175,6 +222,7 @@ def _row(problem: Any, name: str, r: Any, task: Any, record_trace: bool) -> dict
     correct = bool(task.is_correct(problem, r.text))  # the text of the sample that gave the answer
     row = {"problem_id": problem.id, "level": problem.level, "strategy": name, "budget": int(b) if b else None,
            "answer": r.answer, "gold": problem.answer, "correct": correct, "tokens": int(r.tokens),
+           "thinking_tokens": int(r.thinking_tokens),
            "samples": int(r.samples), "confidence": float(r.confidence), "route": r.strategy,
            "stop": _stop_of(r.trace)}
     if record_trace:
@@ -193,11 +241,12 @@ def oracle_rows(store: Any) -> list[dict[str, Any]]:
         overhead = s["n_generated"] - s["n_thinking"]
         right = [c["position"] for c in s["checkpoints"] if c["forced_correct"]]
         if right:
-            tokens, ok = s["n_prompt_tokens"] + min(right) + overhead, True
+            tokens, ok, think = s["n_prompt_tokens"] + min(right) + overhead, True, min(right)
         else:
-            tokens, ok = s["n_prompt_tokens"] + s["n_generated"], bool(s["correct"])
+            tokens, ok, think = s["n_prompt_tokens"] + s["n_generated"], bool(s["correct"]), s["n_thinking"]
         rows.append({"problem_id": s["problem_id"], "level": s["level"], "strategy": "oracle", "budget": None,
-                     "answer": None, "gold": s["gold"], "correct": ok, "tokens": int(tokens), "samples": 1,
+                     "answer": None, "gold": s["gold"], "correct": ok, "tokens": int(tokens),
+                     "thinking_tokens": int(think), "samples": 1,
                      "confidence": 1.0, "route": "oracle", "stop": "oracle"})
     return rows
 

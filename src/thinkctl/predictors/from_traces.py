@@ -6,6 +6,8 @@ the split so that later stages use the same one.
 
 * confidence: a :class:`HiddenStateProbe` on mid-generation states, target "the answer forced at this checkpoint is
   right"; the layer is chosen by a sweep **on the train split only**;
+* outlook: a probe on the same states, target "the sample's final answer will be right" (what stopping now can
+  lose: nothing, when the final answer would be wrong anyway);
 * difficulty: a prompt-state probe and a LightGBM :class:`DifficultyModel` on the query, target "one sample solves
   it"; both are reported, the better one on train-split cross-validation is the bundle's ``difficulty``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,24 @@ def train_predictors(store: TraceStore, out_dir: str | os.PathLike[str],
                                                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     probe.save(out / "confidence_probe")
     report["confidence"] = conf_report
+
+    # -- outlook: at the same layer and checkpoints, "the sample's own final answer will be right" ----------------
+    # With the confidence it estimates what stopping now can lose (a right final answer): thinking whose final
+    # answer will be wrong anyway is cheap to stop, and the stop rule certified by ``thinkctl calibrate`` uses both.
+    final = first.final_correct
+    if len(np.unique(final[tr])) == 2 and len(np.unique(final[te])) == 2:
+        outlook = HiddenStateProbe(kind=cfg.probe_kind, model_name=model_name, layer=best, random_state=cfg.seed)
+        outlook.fit(by_layer[best].X[tr], final[tr], groups=first.groups[tr])
+        report["outlook"] = {
+            "target": "the sample's final answer will be right (read at each checkpoint)", "layer": best,
+            "test_auroc": auroc_ci(final[te], outlook.predict_proba(by_layer[best].X[te]), groups=first.groups[te],
+                                   n_bootstrap=cfg.n_bootstrap, seed=cfg.seed),
+            "test_positive_rate": float(final[te].mean())}
+        outlook.save(out / "outlook_probe")
+    else:
+        report["outlook"] = {"skipped": "one split holds a single class (every final answer right or every one wrong)"}
+        if (out / "outlook_probe").is_dir():  # a previous training's probe must not outlive this one
+            shutil.rmtree(out / "outlook_probe")
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -31,6 +31,10 @@ __all__ = ["CollectConfig", "collect", "collect_shard", "shard_seed", "store_hea
 logger = logging.getLogger(__name__)
 
 
+#: ``CollectConfig.checkpoints`` values: checkpoints on every sample, or on the greedy sample only.
+CHECKPOINT_SAMPLES = ("all", "greedy")
+
+
 @dataclass(frozen=True)
 class CollectConfig:
     """How traces are collected. The store records it; resuming requires the same config.
@@ -38,6 +42,9 @@ class CollectConfig:
     ``every``: a checkpoint every this many thinking tokens (and one at the end of thinking).
     ``confidence_top_k`` / ``confidence_window``: DeepConf token confidence (Fu et al. 2025, "Deep Think with
     Confidence": negative mean log-probability of the top-k tokens) and the window of its running group mean.
+    ``checkpoints``: which samples get checkpoints (states and forced answers): ``"all"``, or ``"greedy"`` -- the
+    sampled generations then record only their final answer and length, which is all that routing and vote
+    estimates read, at about a third of the cost (forcing an answer at every checkpoint is most of a sample's).
     """
 
     task: str = "arith"
@@ -56,6 +63,7 @@ class CollectConfig:
     prompt_suffix: str = ""
     confidence_top_k: int = 5
     confidence_window: int = 16
+    checkpoints: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("n_problems", "samples", "every", "max_new_tokens", "max_answer_tokens", "batch_size",
@@ -64,6 +72,8 @@ class CollectConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if isinstance(self.layers, str) and self.layers != "all":
             raise ValueError(f"layers={self.layers!r}; use 'all' or a tuple of layer indices")
+        if self.checkpoints not in CHECKPOINT_SAMPLES:
+            raise ValueError(f"checkpoints={self.checkpoints!r} is not one of {CHECKPOINT_SAMPLES}")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0 (sample 0 is always greedy)")
 
@@ -192,6 +202,8 @@ def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: li
             gen = greedy[i] if j == 0 else sampled[i * (cfg.samples - 1) + j - 1]
             n_think, closed = thinking_length(fmt, tokenizer, gen)
             ks = list(range(cfg.every, n_think, cfg.every)) + [n_think]
+            if j > 0 and cfg.checkpoints == "greedy":
+                ks = []
             items.append((i, j, gen, n_think, closed, ks))
     seqs = [prefixes[i] + gen for i, _, gen, _, _, _ in items]
     positions = [[len(prefixes[i]) - 1] + [len(prefixes[i]) + k - 1 for k in ks] for i, _, _, _, _, ks in items]
