@@ -138,3 +138,30 @@ def test_cli_bad_strategy_is_a_one_line_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "fixed@x" in err and "Traceback" not in err
+
+
+def test_paired_comparison_on_hand_made_rows():
+    from thinkctl.eval.evaluate import paired_comparison
+
+    def row(pid, strategy, correct, tokens, thinking):
+        return {"problem_id": pid, "strategy": strategy, "correct": correct, "tokens": tokens,
+                "thinking_tokens": thinking}
+
+    rows = []
+    for i in range(40):
+        rows.append(row(f"p{i}", "fixed@1024", i % 2 == 0, 100, 60))
+        rows.append(row(f"p{i}", "serial", i % 2 == 0 and i != 0, 80, 30 if i < 20 else 45))
+    rows.append(row("only-serial", "serial", True, 10, 5))  # unpaired: left out
+    pc = paired_comparison(rows, "serial", "fixed@1024", n_boot=500)
+    assert pc["n"] == 40
+    assert pc["accuracy_baseline"] == 0.5 and pc["accuracy_target"] == pytest.approx(19 / 40)
+    assert pc["accuracy_diff"] == pytest.approx(-1 / 40)
+    assert pc["thinking_tokens_target"] == pytest.approx(37.5) and pc["thinking_tokens_baseline"] == 60
+    assert pc["thinking_saved_fraction"] == pytest.approx(1 - 37.5 / 60)
+    assert pc["tokens_saved_fraction"] == pytest.approx(0.2)
+    lo, hi = pc["thinking_saved_ci95"]
+    assert lo < pc["thinking_saved_fraction"] < hi and hi - lo < 0.2
+    assert pc["accuracy_diff_ci95"][0] <= pc["accuracy_diff"] <= pc["accuracy_diff_ci95"][1]
+    # restricted to some problems, or with none in common
+    assert paired_comparison(rows, "serial", "fixed@1024", problems=["p1", "p2"])["n"] == 2
+    assert paired_comparison(rows, "serial", "sc@16") is None

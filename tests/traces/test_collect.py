@@ -110,3 +110,22 @@ def test_sigkill_mid_run_resumes_with_nothing_lost_or_duplicated(tiny_dir, store
     assert [(r["problem_id"], r["sample"]) for r in resumed] == [(r["problem_id"], r["sample"]) for r in reference]
     assert [r["text"] for r in resumed] == [r["text"] for r in reference]  # same seeds per shard: same generations
     assert not list(out.glob("*.tmp"))
+
+
+def test_checkpoints_on_the_greedy_sample_only(tiny, store, tmp_path):
+    """``checkpoints="greedy"``: the greedy sample is recorded exactly as with "all"; sampled generations keep their
+    text, answer and length but no checkpoint (what routing reads, without the forced answers' cost)."""
+    lean = _collect(tiny, tmp_path / "lean", replace(CFG, checkpoints="greedy"))
+    full_rows, lean_rows = store.samples(), lean.samples()
+    assert len(lean_rows) == len(full_rows)
+    for a, b in zip(full_rows, lean_rows):
+        assert (a["problem_id"], a["text"], a["correct"], a["n_generated"]) == \
+            (b["problem_id"], b["text"], b["correct"], b["n_generated"])
+        if b["greedy"]:
+            assert [c["forced_answer"] for c in a["checkpoints"]] == [c["forced_answer"] for c in b["checkpoints"]]
+        else:
+            assert b["checkpoints"] == []
+    ca = lean.checkpoint_arrays(-1)
+    assert ca.greedy.all() and len(ca.y) == sum(len(r["checkpoints"]) for r in full_rows if r["greedy"])
+    with pytest.raises(ValueError, match="checkpoints='some'"):
+        replace(CFG, checkpoints="some")
