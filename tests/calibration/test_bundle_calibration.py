@@ -240,3 +240,15 @@ def test_retraining_without_an_outlook_leaves_no_stale_outlook(tmp_path, synthet
     assert not (tmp_path / "b" / "calibration" / "outlook.json").exists()
     rc = json.loads((tmp_path / "b" / "calibration" / "risk_control.json").read_text())
     assert rc["score"] == "confidence" and rc["kappa"] is None
+
+
+def test_the_blunt_easy_route_is_a_candidate_only_without_a_certified_stop_rule(bundle):
+    from thinkctl.controller.routing import fit_bundle_routing
+
+    calibrate_bundle(bundle, CalibrationConfig(n_boot=20, epsilon=0.2, delta=0.2, check_points=SYNTH_POINTS))
+    assert json.loads((bundle / "calibration" / "risk_control.json").read_text())["threshold"] is not None
+    table = fit_bundle_routing(bundle)
+    assert "easy" not in table.meta["candidates"] and "serial" in table.meta["candidates"]
+    assert all(r.kind != "easy" for r in table.routes)
+    calibrate_bundle(bundle, replace(CalibrationConfig(n_boot=20, train_folds=0), epsilon=1e-4, delta=1e-3))
+    assert "easy" in fit_bundle_routing(bundle).meta["candidates"]  # nothing certified: the cap is the only stop

@@ -83,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
             ((x["p_solve"], x["route"]) for x in routing_summary(table)))
               + f"; expected accuracy {table.meta['expected_accuracy']:.3f} at {table.meta['expected_tokens']:.0f} "
                 f"tokens (budget {table.meta['token_budget']:.0f})")
+        for b, (n, bounds) in enumerate(zip(table.meta["bin_sizes"], table.meta["gain_lower_bounds"])):
+            best = max(bounds.items(), key=lambda kv: kv[1], default=None)
+            if best is not None:
+                print(f"  bin {b}: {n} calib problems; best lower 95 % bound on a dearer route's accuracy gain: "
+                      f"{best[0]} {best[1]:+.3f} (a gain is acted on only when this is above 0)")
     return 0
 
 

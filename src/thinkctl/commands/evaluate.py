@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n={args.n} must be at least 1")
     if args.strategies is None:
-        strategies = [s for s in DEFAULT_STRATEGIES.split(",") if args.bundle or s.partition("@")[0] not in NEEDS_BUNDLE]
+        strategies = [s for s in DEFAULT_STRATEGIES.split(",")
+                      if args.bundle or s.partition("@")[0] not in NEEDS_BUNDLE]
     else:
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not strategies:
@@ -119,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
         rows += [r for r in oracle_rows(TraceStore(args.traces)) if r["problem_id"] in ids]
     summary = summarize(rows, seed=args.seed)
     full = f"fixed@{cfg.token_cap}"
+    pairs = (("serial", full), ("adaptive", full), ("adaptive", "sc@16"))
     paired = {f"{a}_vs_{b}": paired_comparison(rows, a, b, seed=args.seed)
-              for a, b in (("serial", full), ("adaptive", full), ("adaptive", "sc@16")) if a in summary and b in summary}
+              for a, b in pairs if a in summary and b in summary}
     result = {"strategies": summary, "matched_compute": matched_compute(summary), "paired": paired,
               "config": {"task": args.task, "seed": args.seed, "n": args.n, "level": args.level,
                          "model": args.model, "bundle": args.bundle, "strategies": strategies,

@@ -124,20 +124,23 @@ def _vote_accuracy(answers: Sequence[Any], correct: Sequence[bool], k: int, rng:
     return hits / draws
 
 
-def estimate_routes(samples: Sequence[dict[str, Any]], p_solve: dict[str, float], *, easy_thinking: int,
+def estimate_routes(samples: Sequence[dict[str, Any]], p_solve: dict[str, float], *, easy_thinking: int | None,
                     serial_thinking: int, parallel: Sequence[int] = (4, 8, 16), draws: int = 200,
                     seed: int = 0) -> RouteEstimates:
     """Accuracy and tokens of each candidate route per problem, from trace rows (see :class:`TraceStore`).
 
     A problem needs its greedy row (``greedy: True``, the first sample of ``thinkctl collect``); its sampled rows
     estimate the vote. ``easy_thinking`` / ``serial_thinking`` are the thinking caps of the two serial routes: past
-    the cap the answer forced at the last checkpoint within it counts.
+    the cap the answer forced at the last checkpoint within it counts; ``easy_thinking=None`` leaves the easy route
+    out of the candidates.
     """
     by_problem: dict[str, list[dict[str, Any]]] = {}
     for row in samples:
         if row["problem_id"] in p_solve:
             by_problem.setdefault(row["problem_id"], []).append(row)
-    candidates = [Route("easy"), Route("serial")] + [Route("parallel", k) for k in parallel]
+    caps = [cap for cap in (easy_thinking, serial_thinking) if cap is not None]
+    candidates = ([Route("easy")] if easy_thinking is not None else []) + [Route("serial")] + \
+        [Route("parallel", k) for k in parallel]
     rng = np.random.default_rng(seed)
     ids, acc, tok = [], [], []
     for pid in sorted(by_problem):
@@ -148,7 +151,7 @@ def estimate_routes(samples: Sequence[dict[str, Any]], p_solve: dict[str, float]
             continue
         prompt = greedy["n_prompt_tokens"]
         a_row, t_row = [], []
-        for cap in (easy_thinking, serial_thinking):
+        for cap in caps:
             overhead = greedy["n_generated"] - greedy["n_thinking"]
             if greedy["n_thinking"] <= cap:
                 a_row.append(float(greedy["correct"]))
@@ -183,7 +186,10 @@ def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int =
     replicate on new problems. A sweep over the price of a token ``lam`` then gives, per bin, the supported route
     maximising ``accuracy - lam * tokens``; the table kept is the feasible one (mean tokens within the budget) with
     the best mean accuracy (ties: fewer tokens). When even the cheapest table exceeds the budget, the cheapest is
-    kept and ``meta["feasible"]`` is False. ``meta["supported"]`` lists the candidates that passed, per bin.
+    kept and ``meta["feasible"]`` is False. ``meta["supported"]`` lists the candidates that passed, per bin;
+    ``meta["bin_sizes"]`` the problems each bin's decision rests on, and ``meta["gain_lower_bounds"]`` each dearer
+    candidate's lower confidence bound on its accuracy gain over the bin's cheapest route (what the data can tell:
+    a gain is only seen when this bound is above 0).
     """
     if token_budget <= 0:
         raise ValueError(f"token_budget={token_budget} must be positive (mean tokens per query)")
@@ -200,8 +206,10 @@ def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int =
     weight = np.array([(bins == b).mean() for b in range(n_b)])
     rng = np.random.default_rng(seed)
     supported = np.zeros_like(acc, dtype=bool)
+    lower: list[dict[str, float]] = []  # per bin: each dearer candidate's lower confidence bound on its gain
     for b in range(n_b):
         rows = np.flatnonzero(bins == b)
+        lower.append({})
         if rows.size == 0:
             supported[b, int(np.argmin(tok[b]))] = True
             continue
@@ -212,7 +220,9 @@ def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int =
             if j == base:
                 continue
             gain = est.accuracy[rows, j] - est.accuracy[rows, base]
-            supported[b, j] = bool(np.quantile(gain[idx].mean(1), 1 - confidence) > 0)
+            bound = float(np.quantile(gain[idx].mean(1), 1 - confidence))
+            lower[b][est.candidates[j].name] = bound
+            supported[b, j] = bool(bound > 0)
     acc_eff = np.where(supported, acc, -np.inf)
     best: tuple[float, float, np.ndarray] | None = None
     cheapest: tuple[float, float, np.ndarray] | None = None
@@ -231,6 +241,7 @@ def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int =
     meta = {"token_budget": float(token_budget), "n_problems": n, "bin_weights": weight.tolist(),
             "expected_accuracy": a, "expected_tokens": t, "feasible": feasible,
             "candidates": [c.name for c in est.candidates], "gain_confidence": confidence,
+            "bin_sizes": [int((bins == b).sum()) for b in range(n_b)], "gain_lower_bounds": lower,
             "supported": [[c.name for j, c in enumerate(est.candidates) if supported[b, j]] for b in range(n_b)]}
     return RoutingTable(edges, [est.candidates[j] for j in choice], estimates, meta)
 
@@ -252,7 +263,8 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     (:func:`estimate_routes`); the token budget is ``token_budget_multiple`` times the mean tokens of one greedy
     answer on those problems. With the model's ``tokenizer`` the routes' thinking caps are exactly the controller's
     (cap minus the forced answer marker, ``max_answer_tokens`` and EOS); without it the marker is taken as 7 tokens
-    (the embedded model's).
+    (the embedded model's). The easy route (a blunt thinking cap) is a candidate only when the bundle certifies no
+    stop rule: the certified serial route already stops early, with a bound on what that loses.
     Writes ``routing.json`` into the bundle and returns the table.
     """
     from thinkctl.calibration.calibrators import make_calibrator
@@ -290,7 +302,13 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
         from thinkctl.generation import reasoning_format
 
         marker = len(reasoning_format(tokenizer).force_answer_ids)
-    est = estimate_routes(store.samples(), p_solve, easy_thinking=max(1, cfg.thinking_cap(cfg.easy_cap, marker)),
+    # with a certified stop rule the serial route already ends thinking early, under a guarantee; the easy route's
+    # blunt cap would only add losses that nothing bounds (on the embedded model it cut long modeq searches that the
+    # serial route answers), so it is a candidate only when no stop rule was certified
+    risk_path = bdir / "calibration" / "risk_control.json"
+    certified = risk_path.is_file() and json.loads(risk_path.read_text()).get("threshold") is not None
+    easy = None if certified else max(1, cfg.thinking_cap(cfg.easy_cap, marker))
+    est = estimate_routes(store.samples(), p_solve, easy_thinking=easy,
                           serial_thinking=max(1, cfg.thinking_cap(cfg.token_cap, marker)), seed=seed)
     serial = est.tokens[:, [c.name for c in est.candidates].index("serial")].mean()
     table = fit_routing_table(est, token_budget=token_budget_multiple * float(serial), n_bins=n_bins)
