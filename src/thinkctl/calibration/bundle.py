@@ -14,12 +14,12 @@ Fits on the bundle's ``calib`` problems (and out-of-fold logits of its ``train``
    a calibrator chosen the same way on the calib problems (``calibration/outlook.json``);
 3. Learn-then-Test (Angelopoulos et al. 2021) on ``calib`` problems for the rule the controller runs: "read the stop
    score at the thinking budgets ``check_points`` (by default every checkpoint of the trace store's grid, every
-   ``every`` thinking tokens) and stop at the first one >= λ". The stop score is the calibrated estimate that
-   stopping now keeps the run's answer, ``1 - P(final right) * (1 - P(forced answer right now))`` with an outlook
-   probe (it is high both when the answer is already there and when the thinking cannot help: a final answer that
-   will be wrong anyway loses nothing by stopping), and the calibrated confidence alone without one. Reading is
-   free (a probe on a hidden state), so a dense schedule costs no token; what is certified is the rule actually
-   run, schedule included. The loss is 1 when stopping there turns a right final answer into a wrong one;
+   ``every`` thinking tokens) and stop at the first one >= λ". With an outlook probe the stop score is chosen on
+   the train split, out of fold, among the calibrated confidence, ``1 - outlook`` and ``max(confidence, 1 - kappa *
+   outlook)`` (:func:`choose_stop_score`): high when the answer is already there or when the thinking cannot help
+   (a final answer that will be wrong anyway loses nothing by stopping); without one it is the confidence. Reading
+   is free (a probe on a hidden state), so a dense schedule costs no token; what is certified is the rule actually
+   run, score and schedule included. The loss is 1 when stopping there turns a right final answer into a wrong one;
    the chosen λ keeps that risk <= ``epsilon`` with probability >= 1 - ``delta`` (or None, with the reason).
    The unit of the guarantee is the problem, the unit that is drawn independently: a problem's several samples
    are correlated, and counting them as independent overstates the evidence. When the store holds a greedy sample
