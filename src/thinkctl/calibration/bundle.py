@@ -44,8 +44,8 @@ from thinkctl.calibration.calibrators import make_calibrator
 from thinkctl.calibration.metrics import (auroc, bootstrap_ci, brier_score, expected_calibration_error,
                                           negative_log_likelihood)
 from thinkctl.calibration.risk_control import (STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK, STOP_SCORE_OUTLOOK_ONLY,
-                                               early_stopping_losses, learn_then_test, min_calibration_size,
-                                               stop_score)
+                                               _p_values, early_stopping_losses, learn_then_test,
+                                               min_calibration_size, stop_score)
 from thinkctl.controller.config import BUDGET_FACTOR, INITIAL_BUDGET
 from thinkctl.traces.store import CheckpointArrays, TraceStore
 
@@ -195,10 +195,8 @@ def choose_stop_score(ca: CheckpointArrays, confidence: np.ndarray, outlook: np.
 def _predicted_threshold(risk: np.ndarray, lam: np.ndarray, n: int, cfg: CalibrationConfig) -> float | None:
     """The threshold fixed-sequence testing (from the top, binomial) would certify on ``n`` problems whose losses
     per threshold ``lam`` occurred at the rates ``risk``."""
-    from scipy.stats import binom
-
     order = np.argsort(-lam, kind="stable")
-    p = binom.cdf(np.floor(risk[order] * n + 1e-9), n, cfg.epsilon)
+    p = _p_values(np.floor(risk[order] * n + 1e-9), n, cfg.epsilon, "binomial")
     failed = np.flatnonzero(p > cfg.delta)
     valid = len(lam) if not failed.size else int(failed[0])
     return float(lam[order][valid - 1]) if valid else None
@@ -227,12 +225,8 @@ def threshold_grid(cfg: CalibrationConfig) -> np.ndarray:
 def most_losses_certifiable(n: int, epsilon: float, delta: float) -> int | None:
     """The most losses among ``n`` calibration problems with which the binomial Learn-then-Test still certifies
     ``epsilon`` at ``delta`` (None: not even zero): what the calibration set can tell apart from ``epsilon``."""
-    from scipy.stats import binom
-
-    k = int(binom.ppf(delta, n, epsilon))
-    while k >= 0 and binom.cdf(k, n, epsilon) > delta:
-        k -= 1
-    return k if k >= 0 else None
+    passing = np.flatnonzero(_p_values(np.arange(n + 1, dtype=float), n, epsilon, "binomial") <= delta)
+    return int(passing[-1]) if passing.size else None  # the p-value grows with the losses
 
 
 def early_stopping_figures(units: "StopRuleUnits", threshold: float) -> dict[str, Any]:

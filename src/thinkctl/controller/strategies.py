@@ -9,8 +9,8 @@ forced every 32 tokens agree 3 times in a row -- Dynasor's probe-in-the-middle, 
 the probes' tokens count), ``serial`` (the controller's serial route alone: greedy thinking to the token cap, stopped
 by the bundle's certified stop rule), ``deepconf`` / ``deepconf@N`` (DeepConf online: warm-up samples set a
 group-confidence threshold, later samples below it end early and do not vote, sampling stops at 95 % consensus),
-``adaptive`` (the controller's own routing). All share the controller's model, tokenizer, task, token cap and deadline, and count tokens
-the same way, so that they compare at matched compute.
+``adaptive`` (the controller's own routing). All share the controller's model, tokenizer, task, token cap and
+deadline, and count tokens the same way, so that they compare at matched compute.
 
 Examples
 --------
