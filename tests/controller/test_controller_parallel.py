@@ -9,7 +9,7 @@ import pytest
 
 from thinkctl.controller import (STRATEGIES, AdaptiveController, ControllerConfig, DeepConfOnline, HiddenStatePredictor,
                                  get_strategy)
-from thinkctl.eval.voting import majority_vote
+from thinkctl.voting import majority_vote
 from thinkctl.generation import chat_prefix
 from thinkctl.registry import UnknownNameError
 from controller_helpers import (FORCE, ConstantLike, FirstCharTask, RowScript, build_model, events,
@@ -163,7 +163,7 @@ def test_a_dropped_sample_counts_only_the_tokens_it_generated(model, tok, monkey
 
 
 def test_deepconf_stops_sampling_at_consensus():
-    from thinkctl.eval.voting import VoteTally
+    from thinkctl.voting import VoteTally
 
     dc = DeepConfOnline(consensus=0.75)
     assert dc.should_stop(VoteTally(["a", "a", "a", "b"]), 16) and not dc.should_stop(VoteTally(["a", "b"]), 16)

@@ -20,7 +20,7 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from thinkctl.eval import voting
+    from thinkctl import voting
 
     p.add_argument("--data", required=True, metavar="FILE", help="replay JSONL file (one problem per line)")
     p.add_argument("--policy", default="all", metavar="NAME[,NAME...]",

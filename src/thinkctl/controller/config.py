@@ -24,7 +24,7 @@ BUDGET_FACTOR = 2
 #: Greedy answer tokens after the forced ``</think>\nFinal Answer:`` (the trace collector's default answer length).
 MAX_ANSWER_TOKENS = 16
 #: Parallel samples at most: ESC's and ASC's published budget (``sc_num = 40``, ``AC(max_gens=40)``; see
-#: :mod:`thinkctl.eval.voting`).
+#: :mod:`thinkctl.voting`).
 MAX_SAMPLES = 40
 #: Samples per wave: ESC's published window (``slice_ in [5]``), so that a wave is one ESC window.
 WAVE_SIZE = 5

@@ -34,7 +34,7 @@ from thinkctl.calibration.risk_control import stop_score
 from thinkctl.controller.predictors import (HiddenStatePredictor, Outlook, load_bundle_outlook,
                                             load_bundle_predictors, model_hidden_size, model_num_layers)
 from thinkctl.controller.routing import Route, RoutingTable
-from thinkctl.eval.voting import MajorityStabilityStopping, VoteTally
+from thinkctl.voting import MajorityStabilityStopping, VoteTally
 from thinkctl.generation import NO_AUTO_COMPILE, ReasoningFormat, chat_prefix, reasoning_format
 from thinkctl.stopping import BudgetForcing, DeadlineStopping, HiddenStateTap, ProbeStopping, think_markers
 from thinkctl.stopping.rules import StopRule
@@ -45,7 +45,7 @@ __all__ = ["AdaptiveController", "ControllerResult", "DeepConfOnline", "Scorer",
 
 logger = logging.getLogger(__name__)
 
-#: A vote stopping rule: ``should_stop(tally, budget) -> bool`` (see :mod:`thinkctl.eval.voting`).
+#: A vote stopping rule: ``should_stop(tally, budget) -> bool`` (see :mod:`thinkctl.voting`).
 StopRuleLike = Any
 #: A scorer (ORM / PRM): ``scorer(prompt, text) -> float``, higher is better; scores a full or partial solution.
 Scorer = Callable[[str, str], float]
@@ -227,7 +227,7 @@ class AdaptiveController:
     will be wrong anyway), as the bundle certified it.
 
     Parallel: waves of ``config.wave_size`` samples per prompt branch off the shared prefill until ``stop_rule``
-    (default :class:`~thinkctl.eval.voting.MajorityStabilityStopping`) says the vote is settled or the sample budget
+    (default :class:`~thinkctl.voting.MajorityStabilityStopping`) says the vote is settled or the sample budget
     is spent; the answer is the (optionally confidence-weighted, ``config.weighted_vote``) majority. The ``scorer``
     picks the best sample in ``best_of@N`` (:meth:`run_parallel` with ``scorer=``); the adaptive route votes.
 

@@ -106,7 +106,7 @@ class RouteEstimates:
 def _vote_accuracy(answers: Sequence[Any], correct: Sequence[bool], k: int, rng: np.random.Generator,
                    draws: int) -> float:
     """P(the plurality of k samples drawn with replacement from the recorded ones is right); ties go to the
-    answer seen first, as in :class:`~thinkctl.eval.voting.VoteTally`."""
+    answer seen first, as in :class:`~thinkctl.voting.VoteTally`."""
     n = len(answers)
     right = {a for a, c in zip(answers, correct) if c and a is not None}
     hits = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from thinkctl.controller.core import AdaptiveController, ControllerResult
-from thinkctl.eval.voting import BetaStopping, WindowUnanimityStopping
+from thinkctl.voting import BetaStopping, WindowUnanimityStopping
 from thinkctl.registry import Registry
 
 __all__ = ["STRATEGIES", "get_strategy", "Strategy"]

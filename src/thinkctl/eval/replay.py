@@ -18,7 +18,7 @@ Policies (registry :data:`POLICIES`)
 ``asc``       Adaptive-Consistency (Aggarwal et al., EMNLP 2023), Beta criterion at ``asc_threshold``, budget ``N``.
 ``adaptive``  thinkctl: stop when the posterior-predictive probability that the remaining budget changes the
               majority of the ``N`` falls below ``adaptive_alpha``
-              (:class:`~thinkctl.eval.voting.MajorityStabilityStopping`).
+              (:class:`~thinkctl.voting.MajorityStabilityStopping`).
 ``weighted``  score-weighted majority over the samples with a recorded ``score`` (else mean ``verifications``);
               falls back to ``sc`` with a note when the file has neither.
 ``best_of``   the answer of the highest-scored sample; skipped, with the reason, when no sample has a ``score``.
@@ -58,7 +58,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from thinkctl.jsonl import iter_jsonl
-from thinkctl.eval.voting import (
+from thinkctl.voting import (
     ADAPTIVE_ALPHA,
     ADAPTIVE_MIN_SAMPLES,
     ADAPTIVE_PRIOR_COUNT,
@@ -104,7 +104,7 @@ class ReplayConfig:
         ASC Beta-criterion threshold; published 0.95 (Aggarwal et al. 2023; github.com/Pranjal2041/AdaptiveConsistency
         ``BetaStoppingCriteria(conf_thresh=0.95)``); ASC's budget (``max_gens``, 40 in the paper) is the file's ``N``.
     adaptive_alpha : float
-        Level of thinkctl's rule: 0.05, the nominal error level of ASC's 0.95 (see :mod:`thinkctl.eval.voting`).
+        Level of thinkctl's rule: 0.05, the nominal error level of ASC's 0.95 (see :mod:`thinkctl.voting`).
     adaptive_prior_count : float
         Dirichlet pseudo-count of thinkctl's rule: 1.0, the uniform prior (ASC's Beta(1, 1)).
     adaptive_min_samples : int
@@ -425,7 +425,7 @@ POLICIES.add("adaptive", Policy(_run_adaptive, lambda c: {
             "pooled unseen one; exact Dirichlet-multinomial overtake probability per challenger, union bound); "
             "majority over consumed samples",
     "alpha": c.adaptive_alpha, "prior_count": c.adaptive_prior_count, "min_samples": c.adaptive_min_samples,
-    "source": "thinkctl (thinkctl.eval.voting.MajorityStabilityStopping); alpha and prior match ASC's 0.95 / "
+    "source": "thinkctl (thinkctl.voting.MajorityStabilityStopping); alpha and prior match ASC's 0.95 / "
               "Beta(1,1)"}))
 POLICIES.add("weighted", Policy(_run_weighted, lambda c: {
     "rule": "majority over the samples that carry a score, each vote weighted by the transformed score (mean "

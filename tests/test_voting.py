@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from thinkctl.eval.voting import (
+from thinkctl.voting import (
     BetaStopping,
     MajorityStabilityStopping,
     VoteTally,
@@ -131,7 +131,7 @@ def test_adaptive_disagreement_with_full_vote_is_below_alpha(k_answers: int) -> 
     assert saved / trials > 5  # and it does stop early
 
 
-@pytest.mark.parametrize("name", ["thinkctl.eval.voting", "thinkctl.eval.replay"])
+@pytest.mark.parametrize("name", ["thinkctl.voting", "thinkctl.eval.replay"])
 def test_docstring_examples_run(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0

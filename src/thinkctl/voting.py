@@ -23,7 +23,7 @@ Conventions
 
 Examples
 --------
->>> from thinkctl.eval.voting import VoteTally, MajorityStabilityStopping
+>>> from thinkctl.voting import VoteTally, MajorityStabilityStopping
 >>> tally = VoteTally()
 >>> rule = MajorityStabilityStopping()
 >>> for answer in ["7", "7", "7", "7", "7"]:
