@@ -157,7 +157,7 @@ def confidence_histogram(
     p = check_probabilities(y_prob, "y_prob")
     n_bins = check_n_bins(n_bins)
     ax = _new_axes(ax)
-    ax.hist(p, bins=np.linspace(0.0, 1.0, n_bins + 1), alpha=HIST_ALPHA, label=label or "predictions")
+    ax.hist(p, bins=np.linspace(0.0, 1.0, n_bins + 1).tolist(), alpha=HIST_ALPHA, label=label or "predictions")
     ax.axvline(float(p.mean()), color="black", linestyle="--", label=f"mean predicted = {p.mean():.3f}")
     if y_true is not None:
         y = check_binary_labels(y_true, "y_true")

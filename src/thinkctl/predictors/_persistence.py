@@ -25,8 +25,9 @@ def envelope(kind: str, params: Mapping[str, Any], state: Mapping[str, Any],
 
 
 def open_envelope(d: Any, expected_kind: str, source: str) -> Mapping[str, Any]:
+    kind = d.get("kind") if isinstance(d, Mapping) else "?"
     doc = _open_envelope(d, FAMILY, (expected_kind,), source=source,
-                         hint=f"load it with thinkctl.predictors.{d.get('kind') if isinstance(d, Mapping) else '?'}.load")
+                         hint=f"load it with thinkctl.predictors.{kind}.load")
     if not isinstance(doc.get("metadata"), Mapping):
         raise ValueError(f"{source} is missing its 'metadata' section; the file is damaged, refit and save again")
     return doc

@@ -104,7 +104,7 @@ def _check_positive_int(value: Any, name: str) -> None:
 
 def _check_fraction(value: Any, name: str, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
-        (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0))
+        (0.0 <= float(value) <= 1.0) if allow_zero else (0.0 < float(value) <= 1.0))
     if not ok:
         raise ValueError(f"{name}={value!r} must be in {'[0, 1]' if allow_zero else '(0, 1]'}")
 
@@ -291,8 +291,8 @@ class DifficultyModel(BaseEstimator):
             self.classes_ = classes
             self.booster_ = self._train(self._lgb_params("multiclass", num_class=int(classes.shape[0])), Xf,
                                         encoded, weight)
-        self.tokens_booster_ = None
-        self.tokens_smearing_ = None
+        self.tokens_booster_: Any = None  # lightgbm.Booster once the token head is fitted
+        self.tokens_smearing_: float | None = None
         if y_tokens is not None:
             self._fit_tokens(Xf, _as_1d_float(y_tokens, "y_tokens", n), weight)
         logger.info("fitted DifficultyModel(target=%r) on %d queries x %d features", self.target, n, Xf.shape[1])
@@ -307,8 +307,9 @@ class DifficultyModel(BaseEstimator):
             raise ValueError(f"y_tokens has {int(known.sum())} known values; the token head needs at least 2")
         log_t = np.log(tokens[known])
         w = None if weight is None else weight[known]
-        self.tokens_booster_ = self._train(self._lgb_params("regression"), Xf[known], log_t, w)
-        resid = log_t - self.tokens_booster_.predict(Xf[known])
+        booster = self._train(self._lgb_params("regression"), Xf[known], log_t, w)
+        self.tokens_booster_ = booster
+        resid = log_t - booster.predict(Xf[known])
         self.tokens_smearing_ = float(np.mean(np.exp(resid)))
 
     # -- prediction -------------------------------------------------------------------------------------------
@@ -369,7 +370,8 @@ class DifficultyModel(BaseEstimator):
         if self.tokens_booster_ is None:
             raise ValueError("this DifficultyModel has no token head; pass y_tokens=... to fit to train one")
         if statistic not in TOKEN_STATISTICS:
-            raise ValueError(f"statistic={statistic!r} is not known; use one of {', '.join(map(repr, TOKEN_STATISTICS))}")
+            known = ", ".join(map(repr, TOKEN_STATISTICS))
+            raise ValueError(f"statistic={statistic!r} is not known; use one of {known}")
         median = np.exp(np.asarray(self.tokens_booster_.predict(Xf), dtype=np.float64))
         return median * self.tokens_smearing_ if statistic == "mean" else median
 
@@ -450,7 +452,8 @@ class DifficultyModel(BaseEstimator):
         try:
             model = cls(**params, features=clone(features))
         except TypeError as exc:
-            raise ValueError(f"{source} has parameters this thinkctl does not know ({exc}); refit and save again") from exc
+            raise ValueError(
+                f"{source} has parameters this thinkctl does not know ({exc}); refit and save again") from exc
         model.features_ = features
         model.feature_names_ = names
         model.classes_ = np.asarray(state["classes"], dtype=np.int64)

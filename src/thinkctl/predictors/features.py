@@ -236,6 +236,7 @@ def as_prompts_and_features(X: Any, name: str = "X") -> tuple[list[str], list[Ma
     prompts: list[str] = []
     feats: list[Mapping[str, Any]] = []
     for i, item in enumerate(items):
+        f: Mapping[str, Any]
         if isinstance(item, str):
             prompt, f = item, {}
         elif isinstance(item, Mapping):
@@ -406,7 +407,7 @@ class QueryFeatures(TransformerMixin, BaseEstimator):
                 row.extend(compute(text, self))
             for key in self.numeric_keys_:
                 v = f.get(key)
-                row.append(float(v) if _is_number(v) else math.nan)
+                row.append(float(v) if v is not None and _is_number(v) else math.nan)
             for key, cats in self.categories_.items():
                 v = f.get(key)
                 row.extend([math.nan] * len(cats) if v is None else [float(v == c) for c in cats])
@@ -430,7 +431,7 @@ class QueryFeatures(TransformerMixin, BaseEstimator):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QueryFeatures":
         """Rebuild a fitted transformer from :meth:`to_dict` output; checks that the feature names agree."""
-        params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(d["params"]).items()}
+        params: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(d["params"]).items()}
         qf = cls(**params)
         qf._check_params()
         qf.numeric_keys_ = list(d["numeric_keys"])

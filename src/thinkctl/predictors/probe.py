@@ -106,6 +106,9 @@ PROBE_KINDS.add("mlp", _mlp)
 class _ProbeNet(nn.Module):
     """Standardise, then map to one logit: (B, hidden) -> (B,)."""
 
+    standardize_mean: torch.Tensor  # buffers, declared for type checkers
+    standardize_scale: torch.Tensor
+
     def __init__(self, body: nn.Module, hidden_size: int) -> None:
         super().__init__()
         self.body = body
@@ -325,7 +328,8 @@ class HiddenStateProbe(BaseEstimator):
         net.standardize_mean.copy_(torch.from_numpy(mean))
         net.standardize_scale.copy_(torch.from_numpy(scale))
         weights = self._sample_weights(ya)
-        self.train_loss_curve_, self.validation_loss_curve_ = [], []
+        self.train_loss_curve_: list[float] = []
+        self.validation_loss_curve_: list[float] = []
         self.n_features_in_ = hidden
         self.classes_ = np.array([0, 1])
         self.module_ = self._train(net, Xa, ya, weights, tr, va)
@@ -519,7 +523,8 @@ class HiddenStateProbe(BaseEstimator):
         try:
             probe = cls(**params)
         except TypeError as exc:
-            raise ValueError(f"{source} has parameters this thinkctl does not know ({exc}); refit and save again") from exc
+            raise ValueError(
+                f"{source} has parameters this thinkctl does not know ({exc}); refit and save again") from exc
         probe._check_params()
         hidden = int(state["n_features_in"])
         if meta.get("hidden_size") != hidden or meta.get("model_name") != probe.model_name:

@@ -354,7 +354,7 @@ class BudgetForcing(LogitsProcessor):
             self._id_tensors[key] = torch.tensor(ids, dtype=torch.long, device=device)
         return self._id_tensors[key]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Scores of shape (B, vocab) with forced or suppressed tokens (a new tensor; ``scores`` is untouched)."""
         tracker = self._tracker
         b = input_ids.shape[0]
@@ -449,8 +449,8 @@ class BudgetForcing(LogitsProcessor):
         if not bans and not forced_rows:
             return scores
         groups: dict[tuple[int, ...], list[int]] = {}
-        for r, toks in bans.items():
-            groups.setdefault(tuple(sorted(set(toks))), []).append(r)
+        for r, banned in bans.items():
+            groups.setdefault(tuple(sorted(set(banned))), []).append(r)
         dev = scores.device
         if len(groups) == 1 and len(bans) == b:
             out = scores + self._ban_vector(next(iter(groups)), scores)

@@ -131,7 +131,7 @@ class ThoughtSwitchPenalty(LogitsProcessor):
         """Forget the current generation."""
         self._tracker.reset()
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Scores of shape (B, vocab) with the penalty applied (a new tensor; ``scores`` is untouched)."""
         tr = self._tracker
         tr.update(input_ids)

@@ -186,7 +186,8 @@ class HiddenStateTap:
         for idx in self.layers:
             self._handles.append(self._modules[idx].register_forward_hook(self._layer_hook(idx)))
         if self.final_norm:
-            head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+            get_head = getattr(self.model, "get_output_embeddings", None)
+            head = get_head() if callable(get_head) else None
             if head is None:
                 self.remove()
                 raise ValueError(

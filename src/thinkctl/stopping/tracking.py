@@ -51,7 +51,7 @@ def precomputed_call_signature(cls: _T) -> _T:
     processor is unchanged (Python looks ``__call__`` up on the class), and ``processor.__call__(...)`` calls the
     same method. A subclass gets its own ``__call__``'s signature.
     """
-    init = cls.__init__
+    init = cls.__init__  # type: ignore[misc]  # the class's own __init__, wrapped below
     setstate = getattr(cls, "__setstate__", None)
 
     def bind(self: Any) -> None:

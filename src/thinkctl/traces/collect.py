@@ -215,7 +215,9 @@ def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: li
     forced = generate_from_prefixes(model, forced_prefixes, max_new_tokens=cfg.max_answer_tokens, **gen_kw)
     force_text = tokenizer.decode(list(fmt.force_answer_ids), skip_special_tokens=False)
 
-    prompt_hidden, ckpt_hidden, rows = [], [], []
+    prompt_hidden: list[torch.Tensor] = []
+    ckpt_hidden: list[torch.Tensor] = []
+    rows: list[dict] = []
     f_iter = iter(forced)
     for (i, j, gen, n_think, closed, ks), st, lg in zip(items, states, logits):
         p = problems[i]

@@ -115,7 +115,8 @@ class TraceStore:
     def config(self) -> dict[str, Any]:
         cfg_path = self.path / "config.json"
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"{self.path} is not a trace store (no config.json); create one with `thinkctl collect`")
+            raise FileNotFoundError(
+                f"{self.path} is not a trace store (no config.json); create one with `thinkctl collect`")
         return json.loads(cfg_path.read_text())
 
     def shard_indices(self) -> list[int]:
