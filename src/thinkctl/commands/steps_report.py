@@ -61,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
         for name, e in r["evaluators"].items():
             sa, loc, sel = e["step_auroc"], e["localization"], e["selection"]
             ci = "" if sa["ci95"] is None else f"[{sa['ci95'][0]:.2f}, {sa['ci95'][1]:.2f}]"
+            sel_min = sel["min"]["auroc_process_correct"]["value"]
+            sel_last = sel["last"]["auroc_process_correct"]["value"]
             print(f"  {name:<42} {_fmt(sa['value']):>9} {ci:>14} {_fmt(loc['f1'])} "
-                  f"{_fmt(loc['accuracy_erroneous']):>7} {_fmt(loc['accuracy_correct']):>6} {_fmt(sel['min']['auroc_process_correct']['value']):>7} "
-                  f"{_fmt(sel['last']['auroc_process_correct']['value']):>8}")
+                  f"{_fmt(loc['accuracy_erroneous']):>7} {_fmt(loc['accuracy_correct']):>6} {_fmt(sel_min):>7} "
+                  f"{_fmt(sel_last):>8}")
     print(f"wrote {write_json(out_path, report)}")
     return 0
