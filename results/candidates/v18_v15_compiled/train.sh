@@ -1,9 +1,0 @@
-#!/bin/bash
-set -e
-cd /work/main
-rm -rf /tmp/torchinductor_$(whoami)
-OPTS="--split-checks --p-slip 0.3 --mask-slips --answer-cut-share 0.5 --family modeq:mask_slips=false"
-.venv/bin/thinkctl train-embedded --out runs/v18_stage1 --seed 0 --batch-size 32 --steps 3300 $OPTS > runs/v18_stage1.log 2>&1
-.venv/bin/thinkctl train-embedded --out runs/v18_stage2 --seed 1 --init-from runs/v18_stage1 --lr 2e-3 --warmup 100 \
-    --batch-size 32 --steps 3300 $OPTS > runs/v18_stage2.log 2>&1
-echo done > runs/v18.done
