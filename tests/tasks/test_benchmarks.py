@@ -102,7 +102,8 @@ def test_aime_file_loads_with_canonical_answers(aime: JsonlProblemsTask, data_di
     by_dataset = {d: [p for p in aime.problems if p.features["dataset"] == d]
                   for d in ("AIME-2024", "AIME-2025", "AMC-2023")}
     assert [len(v) for v in by_dataset.values()] == [30, 30, 40]
-    raw = {f"{r['dataset']}-{r['id']}": str(r["answer"]) for r in _rows(data_dir, "aime")}  # AMC answers are JSON floats
+    # AMC answers are JSON floats
+    raw = {f"{r['dataset']}-{r['id']}": str(r["answer"]) for r in _rows(data_dir, "aime")}
     # "025" (AIME) and "27.0" (AMC) are stored as the numbers they are
     assert {p.answer for p in aime.problems if raw[p.id] in ("025", "27.0")} >= {"25", "27"}
     assert all(p.answer == p.answer.lstrip("0") or p.answer == "0" for p in aime.problems)
