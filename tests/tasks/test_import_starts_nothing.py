@@ -30,11 +30,17 @@ atexit.register = register
 
 
 def children():
-    out = []
-    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
-        with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
-            out += f.read().split()
-    return sorted(out)
+    if os.path.isdir(f"/proc/{os.getpid()}/task"):
+        out = []
+        for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+            with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
+                out += f.read().split()
+        return sorted(out)
+    try:
+        import psutil
+    except ImportError:
+        return None  # neither /proc nor psutil: child processes cannot be listed here
+    return sorted(str(p.pid) for p in psutil.Process().children())
 
 
 def state():
@@ -75,13 +81,16 @@ def test_importing_every_module_starts_nothing() -> None:
     report = _run()
     assert {"thinkctl.tasks", "thinkctl.tasks.benchmarks", "thinkctl.tasks.verify", "thinkctl.stopping",
             "thinkctl.controller", "thinkctl.eval", "thinkctl.cli"} <= set(report["modules"])
-    assert report["after_import"] == {"threads": ["MainThread"], "mp_children": 0, "children": [], "hooks": []}
+    after = report["after_import"]
+    assert after["children"] in ([], None)  # None: this platform cannot list child processes
+    assert after | {"children": []} == {"threads": ["MainThread"], "mp_children": 0, "children": [], "hooks": []}
 
 
 def test_the_verifier_pool_starts_on_first_use_and_registers_its_exit_hook_once() -> None:
     report = _run("use")
-    assert report["after_import"]["hooks"] == [] and report["after_import"]["children"] == []
+    assert report["after_import"]["hooks"] == [] and report["after_import"]["children"] in ([], None)
     assert report["verdicts"] == [True, True]
     after = report["after_use"]
     assert after["hooks"] == [["thinkctl.tasks.verify", "_VerifierPool.close"]]
-    assert len(after["children"]) == 1  # one idle helper process, kept for the next check and closed at exit
+    if after["children"] is not None:
+        assert len(after["children"]) == 1  # one idle helper process, kept for the next check and closed at exit
