@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,6 +15,75 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SYNTH_HIDDEN, SYNTH_LAYERS = 16, [0, 1, 2]
+
+# -- the recorded data (problems/, replay/, steps/) ----------------------------------------------------------------
+#
+# thinkctl reads the data directory from data_dir= or $THINKCTL_DATA only. For the tests of this checkout, when
+# THINKCTL_DATA is unset, a `shared/data` folder next to the repository is exported as THINKCTL_DATA (this is the
+# only place that knows about it). Tests that need the data take the `data_dir` fixture or carry the
+# `needs_data(*subfolders)` marker; without the data they are skipped, and the run ends with a banner counting them.
+
+DATA_ENV_VAR = "THINKCTL_DATA"
+#: Start of the skip reason of every test skipped for want of the data (counted by pytest_terminal_summary).
+MISSING_DATA = "recorded data not available"
+
+
+def _export_data_dir() -> None:
+    if os.environ.get(DATA_ENV_VAR):
+        return
+    beside_repository = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if beside_repository.is_dir():
+        os.environ[DATA_ENV_VAR] = str(beside_repository)
+
+
+_export_data_dir()
+
+
+def _missing_data_reason(subfolders: tuple[str, ...] = ()) -> str | None:
+    """Why the data directory (with ``subfolders``) cannot be used, or None when it can."""
+    from thinkctl.tasks.data import DataNotFoundError, find_data_dir
+
+    try:
+        root = find_data_dir()
+    except DataNotFoundError as e:
+        return f"{MISSING_DATA}: {e}"
+    missing = [s for s in subfolders if not (root / s).is_dir()]
+    if missing:
+        return (f"{MISSING_DATA}: {root} lacks {', '.join(m + '/' for m in missing)}; set {DATA_ENV_VAR} to a data "
+                f"directory that has them")
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"needs_data(*subfolders): needs the data directory (${DATA_ENV_VAR}) with "
+                                       "these subfolders; skipped without it")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("needs_data")
+    if marker is not None:
+        reason = _missing_data_reason(tuple(marker.args))
+        if reason is not None:
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data directory ($THINKCTL_DATA); the test is skipped when there is none."""
+    reason = _missing_data_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from thinkctl.tasks.data import find_data_dir
+
+    return find_data_dir()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if MISSING_DATA in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep(
+            "!", f"{len(skipped)} TEST(S) SKIPPED: the recorded data was not found; set {DATA_ENV_VAR} to the data "
+                 "directory (the one holding problems/ and replay/) to run them", red=True, bold=True)
 
 
 def _synthetic_store(path, n_problems=120, samples=3, seed=0, outlook_signal=False):
@@ -53,8 +123,6 @@ def _synthetic_store(path, n_problems=120, samples=3, seed=0, outlook_signal=Fal
         store.write_shard(shard, {"prompt_hidden": np.array(prompt_h, dtype=np.float16),
                                   "checkpoint_hidden": np.array(ck_h, dtype=np.float16)}, rows)
     return store
-
-
 
 
 @pytest.fixture(scope="session")

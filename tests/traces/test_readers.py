@@ -14,19 +14,8 @@ from thinkctl.traces import read_recorded, read_replay, read_steps, recorded_fil
 from thinkctl.traces.readers import STEPS_CHECKPOINT_TARGET
 
 
-def _data_dir() -> Path | None:
-    from thinkctl.tasks.benchmarks import DataNotFoundError, find_data_dir
-
-    try:
-        d = find_data_dir()
-    except DataNotFoundError:
-        return None
-    return d if (d / "replay").is_dir() and (d / "steps").is_dir() else None
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="shared data directory with replay/ and steps/ not found "
-                                                     "(set THINKCTL_DATA to ../shared/data)")
+# the data directory ($THINKCTL_DATA) with replay/ and steps/; the test is skipped without it (see tests/conftest.py)
+needs_data = pytest.mark.needs_data("replay", "steps")
 
 
 def _raw(path: Path) -> list[dict[str, Any]]:
@@ -57,8 +46,8 @@ def test_every_shared_file_reads_and_matches_its_raw_rows():
 
 
 @needs_data
-def test_replay_tokens_levels_and_known_figures():
-    qwen = read_replay(DATA / "replay" / "qwen25math_math_cot_100x8.jsonl")
+def test_replay_tokens_levels_and_known_figures(data_dir):
+    qwen = read_replay(data_dir / "replay" / "qwen25math_math_cot_100x8.jsonl")
     raw = _raw(qwen.path)
     assert [r["n_generated"] for r in qwen.rows[:8]] == [float(s["n_tokens_cl100k"]) for s in raw[0]["samples"]]
     assert qwen.meta["token_sources"] == {"n_tokens_cl100k": 800}
@@ -70,7 +59,7 @@ def test_replay_tokens_levels_and_known_figures():
     assert len(queries) == 100 and weight.tolist() == [8] * 100 and queries[0]["prompt"] == raw[0]["question"]
 
     # GPQA: the data README states pass@128 = 0.875; the first 64 solutions carry verifier scores (score = mean)
-    gpqa = read_replay(DATA / "replay" / "scgenrm_gpqa_diamond64_llama33_70b_x128.jsonl")
+    gpqa = read_replay(data_dir / "replay" / "scgenrm_gpqa_diamond64_llama33_70b_x128.jsonl")
     by_pid: dict[str, list[bool]] = {}
     for r in gpqa.rows:
         by_pid.setdefault(r["problem_id"], []).append(r["correct"])
@@ -88,8 +77,8 @@ def test_replay_tokens_levels_and_known_figures():
 
 
 @needs_data
-def test_steps_prefix_labels_follow_the_first_error():
-    bb = read_steps(DATA / "steps" / "bbmistake_palm2.jsonl")
+def test_steps_prefix_labels_follow_the_first_error(data_dir):
+    bb = read_steps(data_dir / "steps" / "bbmistake_palm2.jsonl")
     raw = _raw(bb.path)
     assert bb.checkpoint_target == STEPS_CHECKPOINT_TARGET
     for row, r in zip(bb.rows, raw):
@@ -103,7 +92,7 @@ def test_steps_prefix_labels_follow_the_first_error():
     last = np.r_[np.diff(ca.sample) != 0, True]
     assert np.allclose(ca.fraction[last], 1.0)
 
-    re_ = read_steps(DATA / "steps" / "reasoneval_mrmath_invalid_errors.jsonl")
+    re_ = read_steps(data_dir / "steps" / "reasoneval_mrmath_invalid_errors.jsonl")
     ca = re_.checkpoint_arrays()
     raw = _raw(re_.path)
     assert len(ca.confidence_names) == len(raw[0]["evaluator_scores"]) == ca.confidence.shape[1]
@@ -245,12 +234,12 @@ def test_missing_empty_and_unknown(tmp_path):
 
 
 @needs_data
-def test_difficulty_model_learns_from_a_recorded_file():
+def test_difficulty_model_learns_from_a_recorded_file(data_dir):
     """What difficulty_data returns is what DifficultyModel fits on; held-out problems rank far above chance."""
     from thinkctl.calibration import auroc
     from thinkctl.predictors import DifficultyModel, grouped_train_test_split
 
-    queries, solve, weight = read_steps(DATA / "steps" / "bbmistake_palm2.jsonl").difficulty_data()
+    queries, solve, weight = read_steps(data_dir / "steps" / "bbmistake_palm2.jsonl").difficulty_data()
     train, test = grouped_train_test_split(np.arange(len(queries)), test_size=0.3, seed=0)
     dm = DifficultyModel(target="solve", n_estimators=50).fit([queries[i] for i in train], solve[train],
                                                                 sample_weight=weight[train])

@@ -224,7 +224,7 @@ def load_replay(path: str | os.PathLike[str]) -> ReplayData:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"replay file {str(path)!r} not found; pass a JSONL file with one problem per line "
-                                "(see ../shared/data/README.md)")
+                                "(see the README of the data directory, $THINKCTL_DATA)")
     problems: list[ReplayProblem] = []
     meta: dict[str, Any] = {}
     token_sources = {s: 0 for s in TOKEN_SOURCES}

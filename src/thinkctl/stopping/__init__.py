@@ -28,10 +28,10 @@ from thinkctl.stopping.budget import WAIT_TRIGGERS, BudgetForcing
 from thinkctl.stopping.penalty import ThoughtSwitchPenalty, switch_token_ids
 from thinkctl.stopping.prober import ForcedAnswerProber
 from thinkctl.stopping.prompts import PLACEMENTS, PROMPT_STYLES, PromptStyle, build_inputs, render_prompt
+from thinkctl.stopping.probe_rule import ProbeStopping
 from thinkctl.stopping.rules import (
     AnswerConsistencyStopping,
     DeadlineStopping,
-    ProbeStopping,
     StopRule,
     TokenConfidenceStopping,
 )

@@ -1,7 +1,7 @@
 """Readers of recorded real-model outputs into the structures of :mod:`thinkctl.traces`.
 
-The shared data directory (``$THINKCTL_DATA``, else ``../shared/data``; see
-:func:`thinkctl.tasks.benchmarks.find_data_dir`) holds two kinds of recorded outputs, described in its README:
+The data directory (``data_dir=``, else ``$THINKCTL_DATA``; see :func:`thinkctl.tasks.benchmarks.find_data_dir`)
+holds two kinds of recorded outputs, described in its README:
 
 * ``replay/*.jsonl``: many sampled answers per problem, one problem per line
   (``{qid, question, gt, samples: [{answer, correct, n_tokens_cl100k?, n_words?, n_chars?, score?,
@@ -400,7 +400,7 @@ def read_steps(path: str | os.PathLike[str]) -> RecordedTraces:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"steps file {str(p)!r} not found; pass a JSONL file with one solution per line "
-                                "(see ../shared/data/README.md)")
+                                "(see the README of the data directory, $THINKCTL_DATA)")
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {}
     seen: dict[str, int] = {}
@@ -475,15 +475,15 @@ def read_recorded(path: str | os.PathLike[str], kind: str | None = None) -> Reco
 
 
 def recorded_files(kind: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The recorded files of the shared data directory (``replay/*.jsonl`` and ``steps/*.jsonl``), sorted.
+    """The recorded files of the data directory (``replay/*.jsonl`` and ``steps/*.jsonl``), sorted.
 
     Parameters
     ----------
     kind : {"replay", "steps"}, optional
         Only this kind; both when None.
     data_dir : path, optional
-        The shared data directory; by default :func:`thinkctl.tasks.benchmarks.find_data_dir` (``$THINKCTL_DATA``,
-        else ``../shared/data``), which raises ``DataNotFoundError`` naming where it looked.
+        The data directory; by default ``$THINKCTL_DATA`` (:func:`thinkctl.tasks.benchmarks.find_data_dir`, which
+        raises ``DataNotFoundError`` saying what to set when it is unset).
     """
     from thinkctl.tasks.benchmarks import find_data_dir
 
