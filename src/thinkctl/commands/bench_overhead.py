@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from thinkctl.commands._common import add_device_argument, add_model_argument, write_json
+from thinkctl.stats import bootstrap_interval
 from thinkctl.stopping.tracking import precomputed_call_signature
 
 NAME = "bench-overhead"
@@ -116,12 +117,13 @@ def bootstrap_ratio_ci(hooked: list[float], plain: list[float], *, seed: int = 0
     the same machine load, which the paired ratio cancels (on a shared machine whose speed drifts by tens of per
     cent from one minute to the next, the paired interval is the informative one)."""
     h, p = np.asarray(hooked, dtype=float), np.asarray(plain, dtype=float)
-    idx = np.random.default_rng([seed, 8]).integers(0, len(h), size=(n_boot, len(h)))
-    if paired:
-        ratios = np.median(h[idx] / p[idx], axis=1)
-    else:
-        ratios = np.median(h[idx], axis=1) / np.median(p[idx], axis=1)
-    lo, hi = np.quantile(ratios, [0.025, 0.975])
+
+    def ratio(hb: np.ndarray, pb: np.ndarray) -> np.ndarray:
+        if paired:
+            return np.median(hb / pb, axis=1)
+        return np.median(hb, axis=1) / np.median(pb, axis=1)
+
+    lo, hi, _ = bootstrap_interval(ratio, [h, p], n_resamples=n_boot, rng=[seed, 8], vectorized=True)
     return float(lo), float(hi)
 
 

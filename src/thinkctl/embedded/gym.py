@@ -24,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from thinkctl.eval.stats import wilson_interval
 from thinkctl.generation import (ReasoningFormat, chat_prefix, generate_from_prefixes, reasoning_format,
                                  thinking_length)
 from thinkctl.tasks import Problem, Task
+from thinkctl.stats import wilson_interval
 from thinkctl.tasks import get as get_task
 
 __all__ = ["GymConfig", "gym_report", "INSTRUCT_SUFFIX"]

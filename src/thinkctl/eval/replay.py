@@ -47,7 +47,6 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -70,6 +69,7 @@ from thinkctl.voting import (
     WindowUnanimityStopping,
 )
 from thinkctl.registry import Registry
+from thinkctl.stats import bootstrap_interval
 
 __all__ = ["ReplayConfig", "ReplayProblem", "ReplayData", "Policy", "POLICIES", "DEFAULT_POLICY_ORDER",
            "load_replay", "run_replay"]
@@ -463,10 +463,14 @@ def _permutations(n_samples: int, n_perm: int, seq: np.random.SeedSequence) -> n
     return np.argsort(rng.random((n_perm, n_samples)), axis=1, kind="stable")  # (P, N)
 
 
-def _bootstrap_ci(values: np.ndarray, idx: np.ndarray) -> list[float]:
-    means = values[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return [float(lo), float(hi)]
+def _row_means(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=1)
+
+
+def _bootstrap_ci(values: np.ndarray, seq: np.random.SeedSequence, n_bootstrap: int) -> list[float]:
+    """95 % percentile-bootstrap interval of the mean over problems; one ``seq`` resamples the same problems."""
+    lo, hi, _ = bootstrap_interval(_row_means, [values], n_resamples=n_bootstrap, rng=seq, vectorized=True)
+    return [lo, hi]
 
 
 def _resolve_policies(names: Sequence[str] | str) -> list[str]:
@@ -541,7 +545,6 @@ def run_replay(data: ReplayData, policies: Sequence[str] | str, config: ReplayCo
                     toks[k][i, r] = prob.tokens[consumed].sum()
 
     tokens_available = data.n_tokens_missing == 0
-    boot_idx = np.random.default_rng(seqs[n_prob]).integers(0, n_prob, size=(cfg.n_bootstrap, n_prob))
     per_problem_acc = {k: acc[k].mean(axis=1) for k in names}
     strategies: dict[str, dict[str, Any]] = {}
     for k in names:
@@ -551,14 +554,14 @@ def run_replay(data: ReplayData, policies: Sequence[str] | str, config: ReplayCo
             "tokens_mean": float(toks[k].mean()) if tokens_available else None,
             "samples_mean": float(used[k].mean()),
             "n": n_prob,
-            "ci95": _bootstrap_ci(pa, boot_idx),
+            "ci95": _bootstrap_ci(pa, seqs[n_prob], cfg.n_bootstrap),
             "accuracy_sd_over_permutations": float(acc[k].mean(axis=0).std(ddof=1)) if n_perm > 1 else 0.0,
             "samples_max": int(used[k].max()),
         }
         if "sc" in names:
             d = pa - per_problem_acc["sc"]
             entry["accuracy_delta_vs_sc"] = float(d.mean())
-            entry["accuracy_delta_vs_sc_ci95"] = _bootstrap_ci(d, boot_idx)
+            entry["accuracy_delta_vs_sc_ci95"] = _bootstrap_ci(d, seqs[n_prob], cfg.n_bootstrap)
             entry["samples_ratio_vs_sc"] = float(used[k].mean() / used["sc"].mean())
             if tokens_available:
                 entry["tokens_ratio_vs_sc"] = float(toks[k].mean() / toks["sc"].mean())
