@@ -14,14 +14,17 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import LogitsProcessorList
 
 import thinkctl
-from thinkctl.commands.bench_overhead import benchmark_prompts
 from thinkctl.stopping import BudgetForcing, HiddenStateTap, ProbeStopping, build_inputs
 from thinkctl.stopping.tracking import precomputed_call_signature
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from bench_overhead import benchmark_prompts  # noqa: E402  (a script of the repository, not of the package)
 
 REPEATS = 40
 model, tok = thinkctl.load_model("embedded")

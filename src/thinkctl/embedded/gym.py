@@ -52,7 +52,7 @@ class GymConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     fractions: tuple[float, ...] = (0.25, 0.5, 0.6, 0.75, 1.0)
-    overthink_fraction: float = 0.6                # target 4 is read at this fraction
+    overthink_fraction: float = 0.6                # item 4 (overthinking) is read at this fraction
     max_new_tokens: int = 768
     max_answer_tokens: int = 12
     batch_size: int = 64
@@ -73,7 +73,7 @@ class GymConfig:
             raise ValueError(f"fractions={self.fractions} must lie in [0, 1]")
 
 
-#: The forced-answer fractions of target 3's curve.
+#: The forced-answer fractions of item 3's curve (serial scaling).
 CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 

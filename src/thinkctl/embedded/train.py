@@ -35,6 +35,7 @@ import torch
 from thinkctl.embedded import METADATA_FILE
 from thinkctl.embedded.tokenizer import END, THINK_CLOSE, build_tokenizer, render_chat
 from thinkctl.embedded.traces import TraceStyle, thought_for
+from thinkctl.devices import resolve_device
 from thinkctl.tasks import ANSWER_PREFIX, get as get_task
 
 __all__ = ["TrainConfig", "ModelShape", "build_examples", "encode_examples", "make_model", "make_batch", "train",
@@ -91,8 +92,8 @@ class TrainConfig:
     checkpoint_every: int = 250
     threads: int = 2
     #: Run the forward and backward passes through ``torch.compile``: a step cost 0.65-0.86 of an eager one on 2 CPU
-    #: cores (``thinkctl bench-train``), after about 70 s of compiling (about 20 s from the cache); numerics agree
-    #: with eager to float rounding. Falls back to eager, with a warning, when no C++ compiler is found or compiling
+    #: cores (``python benchmarks/bench_train.py``), after about 70 s of compiling (about 20 s from the cache);
+    #: numerics agree with eager to float rounding. Falls back to eager, with a warning, when no C++ compiler is found or compiling
     #: fails. Tiny smoke runs are faster without it.
     compile: bool = True
     shape: ModelShape = field(default_factory=ModelShape)
@@ -338,8 +339,6 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
     time budget are CPU runs; another device gives a statistically similar but not bit-identical model.
     """
     from tqdm.auto import tqdm
-
-    from thinkctl.models import resolve_device
 
     dev = resolve_device(device)
 

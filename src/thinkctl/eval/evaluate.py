@@ -3,7 +3,7 @@
 :func:`evaluate` runs every strategy (the adaptive controller and the baselines of
 :mod:`thinkctl.controller.strategies`) over the same problems, in blocks of prompts, appending one JSONL row per
 (problem, strategy) to a results file as each block finishes -- a killed run resumes where it stopped. The summary
-follows the contract of ``../shared/DESIGN.md``::
+has the layout of every thinkctl results file::
 
     {"strategies": {NAME: {"accuracy", "tokens_mean", "samples_mean", "n", "ci95"}}, "config": {...}}
 
