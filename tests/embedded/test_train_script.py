@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinkctl.cli import main
 from thinkctl.embedded import METADATA_FILE, load_embedded
 from thinkctl.embedded.tokenizer import render_chat
 from thinkctl.embedded.train import (HELD_OUT_LEVELS, ModelShape, TrainConfig, bench_compile, build_examples,
@@ -217,7 +216,8 @@ def test_second_stage_continues_from_a_checkpoint(tmp_path):
 def test_cli_options_reach_the_recorded_config(tmp_path, capsys):
     import json
 
-    
+    from thinkctl.cli import main
+
     rc = main(["train-embedded", "--tiny", "--out", str(tmp_path / "m"), "--p-check", "0.9", "--steps", "2",
                "--batch-size", "4", "--answer-cut-share", "0.5", "--split-checks", "--mask-slips", "--p-slip", "0.3",
                "--family", "modeq:p_slip=0.1,mask_slips=false", "--device", "cpu", "--no-progress"])
