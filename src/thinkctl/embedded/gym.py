@@ -150,7 +150,8 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
     problems = _problems(task, cfg)
     suffix = INSTRUCT_SUFFIX if cfg.prompt_style == "instruct" else ""
     prefixes = [chat_prefix(tokenizer, p.prompt + suffix) for p in problems]
-    gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size, progress=tick)
+    gen_kw: dict[str, Any] = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size,
+                                  progress=tick)
 
     def decode(ids: Sequence[int]) -> str:
         return tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -277,7 +278,7 @@ def gym_report(model: Any, tokenizer: Any, cfg: GymConfig = GymConfig(), *, mode
     tasks = [get_task(t) for t in cfg.tasks]
     total = 0
     for t in tasks:
-        levels = list(t.levels) or [None]
+        levels: list[int | None] = list(t.levels) or [None]
         voted = len(levels) if cfg.vote_levels == "all" else len(_middle(levels))
         per = _per_level(cfg.n, levels)
         total += per * (len(levels) * (2 + len(cfg.fractions)) + voted * cfg.samples)

@@ -51,7 +51,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int =
         ok = np.array([float(r["correct"]) for r in rs])
         tok = np.array([float(r["tokens"]) for r in rs])
         think = np.array([float(r.get("thinking_tokens", np.nan)) for r in rs])
-        samples = [r.get("samples") for r in rs]
+        samples: list[Any] = [r.get("samples") for r in rs]
         levels: dict[str, list[float]] = defaultdict(list)
         for r in rs:
             levels[str(r.get("level"))].append(float(r["correct"]))

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -168,6 +168,11 @@ class Policy:
 POLICIES: Registry[Policy] = Registry("replay policy")
 
 
+def _leader(tally: VoteTally) -> int | None:
+    """The tally's leader: an answer id, since the policies vote with the ids of :class:`ReplayProblem`."""
+    return cast("int | None", tally.leader())
+
+
 def _sequential(problem: ReplayProblem, order: np.ndarray, rule: Any) -> tuple[int | None, np.ndarray]:
     n = problem.n_samples
     tally = VoteTally()
@@ -179,7 +184,7 @@ def _sequential(problem: ReplayProblem, order: np.ndarray, rule: Any) -> tuple[i
         if rule is not None and rule.should_stop(tally, n):
             used = i + 1
             break
-    return tally.leader(), order[:used]
+    return _leader(tally), order[:used]
 
 
 def _run_sc(problem: ReplayProblem, order: np.ndarray, ctx: _Context) -> tuple[int | None, np.ndarray]:
@@ -213,7 +218,7 @@ def _run_weighted(problem: ReplayProblem, order: np.ndarray, ctx: _Context) -> t
     for j, w in zip(used, weights):
         a = int(problem.answer_ids[j])
         tally.add(None if a < 0 else a, float(w))
-    return tally.leader(), used
+    return _leader(tally), used
 
 
 def _run_best_of(problem: ReplayProblem, order: np.ndarray, ctx: _Context) -> tuple[int | None, np.ndarray]:

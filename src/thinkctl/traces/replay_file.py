@@ -151,7 +151,7 @@ def load_replay(path: str | os.PathLike[str]) -> ReplayData:
                 ids[j] = index[key]
                 flags[index[key]].append(ok)
             t, src = _sample_tokens(s)
-            if t is None:
+            if t is None or src is None:
                 tokens_ok = False
                 n_tokens_missing += 1
             else:
