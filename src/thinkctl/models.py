@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from thinkctl.devices import resolve_device
+
 __all__ = [
     "load_model",
     "model_id",
@@ -79,7 +81,7 @@ def _go_offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None and hasattr(constants, "HF_HUB_OFFLINE"):
-        constants.HF_HUB_OFFLINE = True
+        setattr(constants, "HF_HUB_OFFLINE", True)  # a module constant read at download time
 
 
 def smollm2_path() -> Path:
@@ -270,21 +272,6 @@ def model_id(model: Any) -> str:
         if isinstance(name, str) and name:
             return name
     return type(model).__name__
-
-
-def resolve_device(device: Any) -> Any:
-    """``device`` as a ``torch.device``; a ValueError that says what to use when it is malformed or names a CUDA GPU
-    this torch cannot see."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but this torch ({torch.__version__}) sees no CUDA GPU; use device='cpu' "
-                         "or a CUDA build of torch on a machine with a GPU")
-    return dev
 
 
 def model_hidden_size(model: Any) -> int:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
-from thinkctl.cli import main
 from thinkctl.embedded import METADATA_FILE, load_embedded
 from thinkctl.embedded.tokenizer import render_chat
 from thinkctl.embedded.train import (HELD_OUT_LEVELS, ModelShape, TrainConfig, bench_compile, build_examples,
@@ -74,13 +75,23 @@ def test_bench_compile_times_both_variants_on_the_same_batches():
         bench_compile(TINY, steps=0)
 
 
-def test_bench_train_command_writes_its_figures_and_refuses_a_gpu(tmp_path, capsys):
+def _load_benchmark(name: str):
+    """A script of the repository's benchmarks/ folder, imported from its file."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_train_script_writes_its_figures_and_refuses_a_gpu(tmp_path, capsys):
+    bench_train = _load_benchmark("bench_train")
     out = tmp_path / "bench.json"
-    assert main(["bench-train", "--tiny", "--json", str(out), "--bench-steps", "2", "--block", "1",
+    assert bench_train.main(["--tiny", "--json", str(out), "--bench-steps", "2", "--block", "1",
                  "--bench-problems", "240", "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert result["steps"] == 2 and result["batch_size"] == 8 and len(result["block_ratios"]) == 2
-    assert main(["bench-train", "--tiny", "--json", str(out), "--device", "cuda"]) == 2
+    assert bench_train.main(["--tiny", "--json", str(out), "--device", "cuda"]) == 2
     assert "drop --device" in capsys.readouterr().err
 
 

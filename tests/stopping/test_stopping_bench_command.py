@@ -1,16 +1,28 @@
-"""The bench-overhead command: its interface and the figures it writes (not its timings)."""
+"""benchmarks/bench_overhead.py: its interface and the figures it writes (not its timings)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 from transformers import PreTrainedTokenizerFast
 
 import thinkctl
-from thinkctl.cli import build_parser, main
-from thinkctl.commands import bench_overhead
+
+
+def _load_benchmark(name: str):
+    """A script of the repository's benchmarks/ folder, imported from its file."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_overhead = _load_benchmark("bench_overhead")
 
 
 @pytest.fixture()
@@ -22,10 +34,8 @@ def pad_is_eos(tok):
     return t
 
 
-def test_command_is_discovered():
-    parser = build_parser()
-    args = parser.parse_args(["bench-overhead", "--json", "x.json"])
-    assert bench_overhead.NAME == "bench-overhead" and args._run is bench_overhead.run
+def test_script_options():
+    args = bench_overhead.build_parser().parse_args(["--json", "x.json"])
     assert args.model == "embedded" and args.repeats >= 1
 
 
@@ -33,7 +43,7 @@ def test_run_writes_json(tmp_path, monkeypatch, pad_is_eos, make, capsys):
     model = make("llama", pad_is_eos, seed=5)
     monkeypatch.setattr(thinkctl, "load_model", lambda spec, device="cpu": (model, pad_is_eos), raising=False)
     out = tmp_path / "bench" / "overhead.json"
-    rc = main(["bench-overhead", "--model", "tiny", "--json", str(out), "--batch-size", "3",
+    rc = bench_overhead.main(["--model", "tiny", "--json", str(out), "--batch-size", "3",
                "--max-new-tokens", "8", "--repeats", "2"])
     assert rc == 0
     data = json.loads(out.read_text())

@@ -12,6 +12,8 @@ monotone confidence score) to calibrated probabilities of the positive class:
 * ``to_dict()`` / ``from_dict()`` and ``save(path)`` / ``load(path)`` persist as JSON (no pickle), stamped with
   the thinkctl version and the calibrator kind, both checked on loading.
 
+That shared contract is :class:`~thinkctl.calibration.base.BaseCalibrator`; this module holds the calibrators.
+
 Examples
 --------
 >>> import numpy as np
@@ -30,29 +32,17 @@ from __future__ import annotations
 
 import logging
 import os
-from abc import ABCMeta, abstractmethod
-from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, TypeVar
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize
 from scipy.special import expit, logit
-from sklearn.base import BaseEstimator
 from sklearn.isotonic import IsotonicRegression
-from sklearn.utils.validation import check_is_fitted
 
-from thinkctl.calibration._persistence import envelope, open_envelope, read_json, write_json
-from thinkctl.calibration._validation import (
-    check_binary_labels,
-    check_n_bins,
-    check_probabilities,
-    check_same_length,
-    check_scores,
-    check_strategy,
-)
+from thinkctl.calibration._validation import check_n_bins, check_probabilities, check_scores, check_strategy
+from thinkctl.calibration.base import CALIBRATORS, DECISION_THRESHOLD, BaseCalibrator, check_fit_data
 from thinkctl.calibration.metrics import NLL_CLIP_EPS
-from thinkctl.registry import Registry
 
 __all__ = [
     "BaseCalibrator",
@@ -69,8 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``predict`` returns 1 where the calibrated probability is at least this.
-DECISION_THRESHOLD = 0.5
 #: What the scores given to :class:`TemperatureScaler` and :class:`PlattScaler` are.
 INPUT_TYPES = ("logit", "probability")
 #: Search interval for log(T) in temperature scaling; the same +-10 as scikit-learn's
@@ -91,27 +79,6 @@ PLATT_MAX_HALVINGS = 60
 PLATT_HESSIAN_JITTER = 1e-12
 #: Default number of bins of :class:`HistogramBinning` (Zadrozny & Elkan 2001 use 10 equal-frequency bins).
 HISTOGRAM_DEFAULT_BINS = 10
-
-C = TypeVar("C", bound="BaseCalibrator")
-
-#: Registry of calibrator classes by name: "temperature", "platt", "isotonic", "histogram".
-CALIBRATORS: Registry[type["BaseCalibrator"]] = Registry("calibrator")
-
-
-def _check_fit_data(
-    X: ArrayLike, y: ArrayLike, *, probabilities: bool
-) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    x = check_probabilities(X, "X") if probabilities else check_scores(X, "X")
-    labels = check_binary_labels(y, "y")
-    check_same_length(x, labels, "X", "y")
-    counts = np.bincount(labels, minlength=2)
-    if counts.min() == 0:
-        raise ValueError(
-            f"y contains only class {int(np.argmax(counts))} ({labels.shape[0]} samples); a calibrator needs both "
-            "positive and negative examples, so use a larger or stratified calibration split"
-        )
-    return x, labels
-
 
 def _check_input_type(input_type: str) -> str:
     if input_type not in INPUT_TYPES:
@@ -163,138 +130,6 @@ def _newton_logistic(design: NDArray[np.float64], t: NDArray[np.float64]) -> NDA
     return w
 
 
-class BaseCalibrator(BaseEstimator, metaclass=ABCMeta):
-    """Common contract and JSON persistence of thinkctl calibrators (see the module docstring)."""
-
-    #: Registry name, also written as ``"kind"`` in saved files.
-    kind: ClassVar[str] = ""
-
-    def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.one_d_array = True
-        tags.input_tags.two_d_array = False
-        return tags
-
-    @abstractmethod
-    def fit(self: C, X: ArrayLike, y: ArrayLike) -> C:
-        """Fit on scores ``X`` of shape (n_samples,) and binary labels ``y`` of shape (n_samples,)."""
-
-    @abstractmethod
-    def _proba(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Calibrated probabilities for validated scores."""
-
-    @abstractmethod
-    def _state(self) -> dict[str, Any]:
-        """Fitted attributes as JSON-ready values."""
-
-    @abstractmethod
-    def _set_state(self, state: Mapping[str, Any]) -> None:
-        """Restore fitted attributes from :meth:`_state` output."""
-
-    def _check_X(self, X: ArrayLike) -> NDArray[np.float64]:
-        return check_scores(X, "X")
-
-    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
-        """Calibrated probability of the positive class.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            Scores of the same type as given to ``fit``.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-            Probabilities in [0, 1] of ``y == 1`` (one column, unlike scikit-learn's ``(n_samples, 2)``).
-        """
-        check_is_fitted(self)
-        return self._proba(self._check_X(X))
-
-    def predict(self, X: ArrayLike) -> NDArray[np.int64]:
-        """Predicted labels, ``predict_proba(X) >= 0.5``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples,)
-            Scores.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) with values in {0, 1}
-        """
-        return (self.predict_proba(X) >= DECISION_THRESHOLD).astype(np.int64)
-
-    # ---------------------------------------------------------------- persistence
-    def to_dict(self, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """JSON-ready description of the fitted calibrator.
-
-        Parameters
-        ----------
-        metadata : mapping, optional
-            What the calibrator was fitted for (predictor, model name, hidden size, layer, ...); checked by
-            ``from_dict(..., expected_metadata=...)``.
-
-        Returns
-        -------
-        dict
-            With keys ``format``, ``format_version``, ``thinkctl_version``, ``kind``, ``params``, ``state``,
-            ``metadata``.
-        """
-        check_is_fitted(self)
-        return envelope(self.kind, self.get_params(deep=False), self._state(), metadata)
-
-    @classmethod
-    def from_dict(cls: type[C], d: Mapping[str, Any], *,
-                  expected_metadata: Mapping[str, Any] | None = None, source: str = "calibrator dict") -> C:
-        """Rebuild a fitted calibrator from :meth:`to_dict` output.
-
-        Called on :class:`BaseCalibrator` it dispatches on the saved kind; called on a subclass it accepts only
-        that kind.
-
-        Parameters
-        ----------
-        d : mapping
-            Output of :meth:`to_dict` (e.g. parsed JSON).
-        expected_metadata : mapping, optional
-            Keys that must match the saved metadata.
-        source : str
-            Where ``d`` came from, for error messages.
-
-        Returns
-        -------
-        BaseCalibrator
-
-        Raises
-        ------
-        ValueError
-            On a wrong format, incompatible thinkctl version, other kind, or metadata mismatch.
-        """
-        kinds = tuple(CALIBRATORS.names()) if cls is BaseCalibrator else (cls.kind,)
-        doc = open_envelope(d, kinds, expected_metadata, source)
-        target = CALIBRATORS.get(doc["kind"])
-        unknown = sorted(set(doc["params"]) - set(target._get_param_names()))
-        if unknown:
-            raise ValueError(f"{source} has parameters {unknown} that {target.__name__} does not take; the file was "
-                             "written by another thinkctl or edited by hand, refit and save it again")
-        obj = target(**doc["params"])
-        try:
-            obj._set_state(doc["state"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{source} has an incomplete {doc['kind']!r} state (missing {exc}); refit and save it "
-                             "again") from exc
-        return obj  # type: ignore[return-value]
-
-    def save(self, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None) -> Path:
-        """Write :meth:`to_dict` as JSON to ``path`` (parent directories are created); returns the path."""
-        return write_json(path, self.to_dict(metadata=metadata))
-
-    @classmethod
-    def load(cls: type[C], path: str | os.PathLike[str], *,
-             expected_metadata: Mapping[str, Any] | None = None) -> C:
-        """Read a calibrator written by :meth:`save` (see :meth:`from_dict` for the checks)."""
-        return cls.from_dict(read_json(path), expected_metadata=expected_metadata, source=f"{str(path)!r}")
-
-
 @CALIBRATORS.register("temperature")
 class TemperatureScaler(BaseCalibrator):
     """Temperature scaling (Guo et al. 2017): ``p = sigmoid(z / T)`` with one temperature ``T > 0``.
@@ -338,7 +173,7 @@ class TemperatureScaler(BaseCalibrator):
         self
         """
         _check_input_type(self.input_type)
-        x, labels = _check_fit_data(X, y, probabilities=self.input_type == "probability")
+        x, labels = check_fit_data(X, y, probabilities=self.input_type == "probability")
         z = _to_logit(x, self.input_type)
         sign = 2.0 * labels - 1.0
 
@@ -413,7 +248,7 @@ class PlattScaler(BaseCalibrator):
         _check_input_type(self.input_type)
         if not isinstance(self.platt_targets, (bool, np.bool_)):
             raise ValueError(f"platt_targets={self.platt_targets!r} must be True or False")
-        x, labels = _check_fit_data(X, y, probabilities=self.input_type == "probability")
+        x, labels = check_fit_data(X, y, probabilities=self.input_type == "probability")
         z = _to_logit(x, self.input_type)
         t = labels.astype(np.float64)
         if self.platt_targets:
@@ -478,7 +313,7 @@ class IsotonicCalibrator(BaseCalibrator):
         """
         if not isinstance(self.increasing, (bool, np.bool_)):
             raise ValueError(f"increasing={self.increasing!r} must be True or False")
-        x, labels = _check_fit_data(X, y, probabilities=False)
+        x, labels = check_fit_data(X, y, probabilities=False)
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=bool(self.increasing), out_of_bounds="clip")
         iso.fit(x, labels.astype(np.float64))
         self.X_thresholds_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
@@ -546,7 +381,7 @@ class HistogramBinning(BaseCalibrator):
         """
         n_bins = check_n_bins(self.n_bins)
         check_strategy(self.strategy)
-        x, labels = _check_fit_data(X, y, probabilities=False)
+        x, labels = check_fit_data(X, y, probabilities=False)
         if self.strategy == "quantile":
             edges = np.quantile(x, np.linspace(0.0, 1.0, n_bins + 1))[1:-1]
         else:

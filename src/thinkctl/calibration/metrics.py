@@ -40,6 +40,7 @@ from thinkctl.calibration._validation import (
     check_unit_interval,
 )
 from thinkctl.registry import Registry
+from thinkctl.stats import bootstrap_interval
 
 __all__ = [
     "ReliabilityCurve",
@@ -562,20 +563,11 @@ def bootstrap_ci(
     p = check_scores(y_prob, "y_prob")
     check_same_length(y, p, "y_true", "y_prob")
     point = float(fn(y, p))
-    rng = np.random.default_rng(seed)
-    n = y.shape[0]
-    groups = [np.flatnonzero(y == c) for c in (0, 1)] if stratify else [np.arange(n)]
-    groups = [g for g in groups if g.size]
-    values = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = np.concatenate([g[rng.integers(0, g.size, size=g.size)] for g in groups])
-        try:
-            values[b] = fn(y[idx], p[idx])
-        except ValueError as exc:
-            raise ValueError(
-                f"metric failed on bootstrap resample {b} ({exc}); with stratify=False a resample can lose a "
-                "class, so use stratify=True"
-            ) from exc
-    lo, hi = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    strata = [np.flatnonzero(y == c) for c in (0, 1)] if stratify else [np.arange(y.shape[0])]
+    try:
+        lo, hi, _ = bootstrap_interval(fn, [y, p], n_resamples=n_boot, rng=seed, alpha=alpha,
+                                       strata=[g for g in strata if g.size])
+    except ValueError as exc:
+        raise ValueError(f"{exc}; with stratify=False a resample can lose a class, so use stratify=True") from exc
     logger.debug("bootstrap_ci(%s): point=%.6g, [%.6g, %.6g] over %d resamples", metric, point, lo, hi, n_boot)
     return point, float(lo), float(hi)

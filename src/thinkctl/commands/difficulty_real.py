@@ -147,7 +147,7 @@ def _cv_select(make_features: Callable[[], Any], X: list[dict[str, Any]], y: np.
 
     from thinkctl.predictors import DifficultyModel
 
-    scores = []
+    scores: list[dict[str, Any]] = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     splits = list(splitter.split(np.zeros(len(y)), y))
     for params in grid:

@@ -70,8 +70,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {why}")
     if result["strategies"] and next(iter(result["strategies"].values()))["tokens_mean"] is None:
         print(f"tokens: {result['config']['tokens']['note']}")
-    check = result["strategies"].get("adaptive", {}).get("target_check")
-    if check:
-        print("adaptive target: " + ", ".join(f"{k}={v}" for k, v in check.items()))
     print(f"wrote {out}")
     return 0

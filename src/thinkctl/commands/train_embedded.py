@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """The options that make up a training recipe (shared with ``thinkctl bench-train``)."""
+    """The options that make up a training recipe (shared with ``benchmarks/bench_train.py``)."""
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainConfig.steps)")
     p.add_argument("--batch-size", type=int, default=None,

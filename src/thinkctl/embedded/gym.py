@@ -24,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from thinkctl.eval.stats import wilson_interval
 from thinkctl.generation import (ReasoningFormat, chat_prefix, generate_from_prefixes, reasoning_format,
                                  thinking_length)
 from thinkctl.tasks import Problem, Task
+from thinkctl.stats import wilson_interval
 from thinkctl.tasks import get as get_task
 
 __all__ = ["GymConfig", "gym_report", "INSTRUCT_SUFFIX"]
@@ -52,7 +52,7 @@ class GymConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     fractions: tuple[float, ...] = (0.25, 0.5, 0.6, 0.75, 1.0)
-    overthink_fraction: float = 0.6                # target 4 is read at this fraction
+    overthink_fraction: float = 0.6                # item 4 (overthinking) is read at this fraction
     max_new_tokens: int = 768
     max_answer_tokens: int = 12
     batch_size: int = 64
@@ -73,7 +73,7 @@ class GymConfig:
             raise ValueError(f"fractions={self.fractions} must lie in [0, 1]")
 
 
-#: The forced-answer fractions of target 3's curve.
+#: The forced-answer fractions of item 3's curve (serial scaling).
 CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -150,7 +150,8 @@ def _family_report(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task,
     problems = _problems(task, cfg)
     suffix = INSTRUCT_SUFFIX if cfg.prompt_style == "instruct" else ""
     prefixes = [chat_prefix(tokenizer, p.prompt + suffix) for p in problems]
-    gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size, progress=tick)
+    gen_kw: dict[str, Any] = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size,
+                                  progress=tick)
 
     def decode(ids: Sequence[int]) -> str:
         return tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -277,7 +278,7 @@ def gym_report(model: Any, tokenizer: Any, cfg: GymConfig = GymConfig(), *, mode
     tasks = [get_task(t) for t in cfg.tasks]
     total = 0
     for t in tasks:
-        levels = list(t.levels) or [None]
+        levels: list[int | None] = list(t.levels) or [None]
         voted = len(levels) if cfg.vote_levels == "all" else len(_middle(levels))
         per = _per_level(cfg.n, levels)
         total += per * (len(levels) * (2 + len(cfg.fractions)) + voted * cfg.samples)

@@ -167,10 +167,10 @@ def arith_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
         value = r
     # the last forward step's "=": its result is the first answer the trace holds
     forward_text = "".join(line + "\n" for line in lines[:-1])
-    cut_at = {"answer_cut": len(forward_text) + lines[-1].index("=") + 1, "answer_cut_belief": str(value),
-              "slips": tuple(slips)}
+    answer_cut, answer_cut_belief = len(forward_text) + lines[-1].index("=") + 1, str(value)
+    slip_spans = tuple(slips)
     if slip_at < 0 and rng.random() >= style.p_check:
-        return Thought(tuple(lines), tuple(beliefs), **cut_at)
+        return Thought(tuple(lines), tuple(beliefs), answer_cut, answer_cut_belief, slip_spans)
     belief = str(value)
     n_checks = 2 if rng.random() < style.p_second_check else 1
     for k in range(n_checks):
@@ -196,7 +196,7 @@ def arith_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
             beliefs.extend([None] * (len(lines) - len(beliefs) - 1) + [belief])
             steps = new_steps
             break
-    return Thought(tuple(lines), tuple(beliefs), **cut_at)
+    return Thought(tuple(lines), tuple(beliefs), answer_cut, answer_cut_belief, slip_spans)
 
 
 def _modeq_line(a: int, b: int, x: int, p: int, residue: int) -> str:
@@ -226,7 +226,8 @@ def modeq_thought(problem: Problem, rng: np.random.Generator, style: TraceStyle)
                 # re-check the false find, reject it, and search on
                 lines.append(CHECK_TEXT)
                 beliefs.append(str(x))
-                lines.append(f"{x}*{a}={a * x}, {a * x}+{b}={a * x + b}, {a * x + b}-{p * ((a * x + b) // p)}={true_res} no")
+                ax, axb = a * x, a * x + b
+                lines.append(f"{x}*{a}={ax}, {ax}+{b}={axb}, {axb}-{p * (axb // p)}={true_res} no")
                 beliefs.append(None)
                 x += 1
                 continue

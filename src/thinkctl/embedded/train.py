@@ -35,6 +35,7 @@ import torch
 from thinkctl.embedded import METADATA_FILE
 from thinkctl.embedded.tokenizer import END, THINK_CLOSE, build_tokenizer, render_chat
 from thinkctl.embedded.traces import TraceStyle, thought_for
+from thinkctl.devices import resolve_device
 from thinkctl.tasks import ANSWER_PREFIX, get as get_task
 
 __all__ = ["TrainConfig", "ModelShape", "build_examples", "encode_examples", "make_model", "make_batch", "train",
@@ -91,9 +92,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     threads: int = 2
     #: Run the forward and backward passes through ``torch.compile``: a step cost 0.65-0.86 of an eager one on 2 CPU
-    #: cores (``thinkctl bench-train``), after about 70 s of compiling (about 20 s from the cache); numerics agree
-    #: with eager to float rounding. Falls back to eager, with a warning, when no C++ compiler is found or compiling
-    #: fails. Tiny smoke runs are faster without it.
+    #: cores (``python benchmarks/bench_train.py``), after about 70 s of compiling (about 20 s from the cache);
+    #: numerics agree with eager to float rounding. Falls back to eager, with a warning, when no C++ compiler is found
+    #: or compiling fails. Tiny smoke runs are faster without it.
     compile: bool = True
     shape: ModelShape = field(default_factory=ModelShape)
     style: TraceStyle = field(default_factory=TraceStyle)
@@ -274,6 +275,7 @@ def prepare_data(cfg: TrainConfig) -> tuple[Any, list[np.ndarray], list[np.ndarr
 
 def prepare_model(cfg: TrainConfig, tokenizer: Any, dev: torch.device) -> tuple[torch.nn.Module, torch.optim.AdamW]:
     """The model (fresh from ``cfg.seed``, or ``cfg.init_from``'s weights) in training mode, and its optimizer."""
+    model: torch.nn.Module
     if cfg.init_from is not None:
         from transformers import AutoModelForCausalLM
 
@@ -339,8 +341,6 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
     """
     from tqdm.auto import tqdm
 
-    from thinkctl.models import resolve_device
-
     dev = resolve_device(device)
 
     out = Path(out_dir)
@@ -399,10 +399,11 @@ def train(out_dir: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(), *,
 
     model.eval()
     model.to("cpu")  # saved weights are device-free
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(out, safe_serialization=True)
+    pretrained: Any = model  # a transformers PreTrainedModel (torch.nn.Module's typing does not know its attributes)
+    pretrained.generation_config.pad_token_id = tokenizer.pad_token_id
+    pretrained.generation_config.eos_token_id = tokenizer.eos_token_id
+    pretrained.generation_config.bos_token_id = tokenizer.bos_token_id
+    pretrained.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     meta = {
         "name": "thinkctl-embedded",

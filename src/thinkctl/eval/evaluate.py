@@ -3,7 +3,7 @@
 :func:`evaluate` runs every strategy (the adaptive controller and the baselines of
 :mod:`thinkctl.controller.strategies`) over the same problems, in blocks of prompts, appending one JSONL row per
 (problem, strategy) to a results file as each block finishes -- a killed run resumes where it stopped. The summary
-follows the contract of ``../shared/DESIGN.md``::
+has the layout of every thinkctl results file::
 
     {"strategies": {NAME: {"accuracy", "tokens_mean", "samples_mean", "n", "ci95"}}, "config": {...}}
 
@@ -23,18 +23,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from thinkctl.jsonl import iter_jsonl
+from thinkctl.stats import bootstrap_interval
 
 __all__ = ["evaluate", "summarize", "matched_compute", "pareto_plot", "oracle_rows", "paired_comparison"]
 
 logger = logging.getLogger(__name__)
 
 
+def _row_means(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=1)
+
+
 def _bootstrap(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    if len(values) == 0:
-        return (float("nan"), float("nan"))
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(1)
-    return (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)))
+    """95 % percentile-bootstrap interval of the mean, drawn from ``rng`` (NaN bounds for no values)."""
+    lo, hi, _ = bootstrap_interval(_row_means, [values], n_resamples=n_boot, rng=rng, vectorized=True)
+    return (lo, hi)
 
 
 def summarize(rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -48,7 +51,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int =
         ok = np.array([float(r["correct"]) for r in rs])
         tok = np.array([float(r["tokens"]) for r in rs])
         think = np.array([float(r.get("thinking_tokens", np.nan)) for r in rs])
-        samples = [r.get("samples") for r in rs]
+        samples: list[Any] = [r.get("samples") for r in rs]
         levels: dict[str, list[float]] = defaultdict(list)
         for r in rs:
             levels[str(r.get("level"))].append(float(r["correct"]))
@@ -89,11 +92,10 @@ def paired_comparison(rows: Sequence[dict[str, Any]], target: str, baseline: str
     tok = np.array([[float(a["tokens"]), float(b["tokens"])] for a, b in pairs])
     think = np.array([[float(a.get("thinking_tokens", np.nan)), float(b.get("thinking_tokens", np.nan))]
                       for a, b in pairs])
-    idx = np.random.default_rng(seed).integers(0, len(pairs), size=(n_boot, len(pairs)))
-
     def ci(stat: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> list[float]:
-        vals = stat(x[idx])
-        return [float(np.nanquantile(vals, 0.025)), float(np.nanquantile(vals, 0.975))]
+        # the same seed for every statistic: all are computed on one set of resampled problems
+        lo, hi, _ = bootstrap_interval(stat, [x], n_resamples=n_boot, rng=seed, vectorized=True, drop="nan")
+        return [lo, hi]
 
     def diff(x: np.ndarray) -> np.ndarray:
         return x[..., 0].mean(-1) - x[..., 1].mean(-1)

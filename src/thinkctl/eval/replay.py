@@ -46,18 +46,12 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
-from thinkctl.jsonl import iter_jsonl
 from thinkctl.voting import (
     ADAPTIVE_ALPHA,
     ADAPTIVE_MIN_SAMPLES,
@@ -70,18 +64,14 @@ from thinkctl.voting import (
     WindowUnanimityStopping,
 )
 from thinkctl.registry import Registry
+from thinkctl.stats import bootstrap_interval
+from thinkctl.traces.replay_file import TOKEN_SOURCES, ReplayData, ReplayProblem, load_replay
 
 __all__ = ["ReplayConfig", "ReplayProblem", "ReplayData", "Policy", "POLICIES", "DEFAULT_POLICY_ORDER",
            "load_replay", "run_replay"]
 
 logger = logging.getLogger(__name__)
 
-#: Tokens per word and characters per token used when a sample lacks ``n_tokens_cl100k`` (OpenAI's rule of thumb
-#: for English text with cl100k: about 3/4 of a word, about 4 characters per token).
-TOKENS_PER_WORD = 4.0 / 3.0
-CHARS_PER_TOKEN = 4.0
-#: Token-count sources, in order of preference, with the names written to the output.
-TOKEN_SOURCES = ("n_tokens_cl100k", "n_words*4/3", "n_chars/4")
 #: The order in which policies are run and reported when several are requested.
 DEFAULT_POLICY_ORDER = ("sc", "esc", "asc", "adaptive", "weighted", "best_of")
 SCORE_TRANSFORMS = ("auto", "identity", "sigmoid")
@@ -94,7 +84,7 @@ class ReplayConfig:
     Parameters
     ----------
     permutations : int
-        Random orders of each problem's samples averaged over (the task asks for at least 100).
+        Random orders of each problem's samples averaged over (100 or more for reported figures).
     seed : int
         Seed of the permutations and of the bootstrap.
     esc_window : int
@@ -115,9 +105,6 @@ class ReplayConfig:
         negative and cannot be summed as votes).
     n_bootstrap : int
         Bootstrap resamples of problems for the intervals.
-    accuracy_tolerance : float
-        Accuracy loss against ``sc`` that the report flags as acceptable for ``adaptive`` (0.005 = 0.5 points).
-        Reporting only: no policy reads it.
     """
 
     permutations: int = 100
@@ -129,7 +116,6 @@ class ReplayConfig:
     adaptive_min_samples: int = ADAPTIVE_MIN_SAMPLES
     score_transform: str = "auto"
     n_bootstrap: int = 2000
-    accuracy_tolerance: float = 0.005
 
     def __post_init__(self) -> None:
         if not isinstance(self.permutations, int) or self.permutations < 1:
@@ -140,8 +126,6 @@ class ReplayConfig:
         if self.score_transform not in SCORE_TRANSFORMS:
             raise ValueError(f"score_transform={self.score_transform!r} is unknown; use one of "
                              f"{', '.join(SCORE_TRANSFORMS)}")
-        if not 0 <= self.accuracy_tolerance < 1:
-            raise ValueError(f"accuracy_tolerance={self.accuracy_tolerance!r} must lie in [0, 1)")
         # the rules validate their own arguments (with the fix in the message)
         self.esc_rule()
         self.asc_rule()
@@ -155,159 +139,6 @@ class ReplayConfig:
 
     def adaptive_rule(self) -> MajorityStabilityStopping:
         return MajorityStabilityStopping(self.adaptive_alpha, self.adaptive_prior_count, self.adaptive_min_samples)
-
-
-@dataclass
-class ReplayProblem:
-    """One problem of a replay file, answers encoded as integers (``-1`` = no answer)."""
-
-    qid: Any
-    line: int
-    answer_ids: np.ndarray  # (N,) int
-    answers: list[str]  # id -> answer string
-    answer_correct: np.ndarray  # (n_answers,) bool
-    tokens: np.ndarray | None  # (N,) float, None when some sample has no length field
-    scores: np.ndarray  # (N,) float, nan where the sample has no score
-    weight_source: np.ndarray  # (N,) float, nan where neither score nor verifications exist
-    inconsistent_answers: int = 0
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.answer_ids.size)
-
-    def is_correct(self, answer_id: int | None) -> bool:
-        return answer_id is not None and answer_id >= 0 and bool(self.answer_correct[answer_id])
-
-
-@dataclass
-class ReplayData:
-    path: str
-    problems: list[ReplayProblem]
-    meta: dict[str, Any]
-    token_sources: dict[str, int]
-    n_tokens_missing: int
-    score_kind: str  # "score", "verifications" or "none"
-    n_samples_scored: int
-    sha256: str = ""
-
-    @property
-    def has_scores(self) -> bool:
-        return self.score_kind == "score"
-
-
-def _sample_tokens(s: dict[str, Any]) -> tuple[float | None, str | None]:
-    for key, source, scale in (("n_tokens_cl100k", TOKEN_SOURCES[0], 1.0),
-                               ("n_words", TOKEN_SOURCES[1], TOKENS_PER_WORD),
-                               ("n_chars", TOKEN_SOURCES[2], 1.0 / CHARS_PER_TOKEN)):
-        v = s.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
-            return float(v) * scale, source
-    return None, None
-
-
-def _number(v: Any) -> float | None:
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-        return float(v)
-    return None
-
-
-def load_replay(path: str | os.PathLike[str]) -> ReplayData:
-    """Read and validate a replay JSONL file.
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``path`` does not exist.
-    ValueError
-        On any malformed line, naming the file, the line number and what to fix.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"replay file {str(path)!r} not found; pass a JSONL file with one problem per line "
-                                "(see the README of the data directory, $THINKCTL_DATA)")
-    problems: list[ReplayProblem] = []
-    meta: dict[str, Any] = {}
-    token_sources = {s: 0 for s in TOKEN_SOURCES}
-    n_tokens_missing = 0
-    n_score = n_verif = 0
-    for lineno, row in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        samples = row.get("samples")
-        if not isinstance(samples, list) or not samples:
-            got = "nothing" if samples is None else ("an empty list" if samples == [] else type(samples).__name__)
-            raise ValueError(f"{where}: field 'samples' must be a non-empty list of "
-                             f"{{answer, correct, ...}} objects, got {got}")
-        ids = np.empty(len(samples), dtype=np.int64)
-        toks = np.empty(len(samples), dtype=float)
-        scores = np.full(len(samples), np.nan)
-        wsrc = np.full(len(samples), np.nan)
-        index: dict[str, int] = {}
-        flags: list[list[bool]] = []
-        null_flags: list[bool] = []
-        tokens_ok = True
-        for j, s in enumerate(samples):
-            if not isinstance(s, dict):
-                raise ValueError(f"{where}: sample {j} is {type(s).__name__}, expected an object with 'answer' and "
-                                 "'correct'")
-            if "answer" not in s or "correct" not in s:
-                missing = [k for k in ("answer", "correct") if k not in s]
-                raise ValueError(f"{where}: sample {j} lacks {', '.join(repr(k) for k in missing)}; every sample "
-                                 "needs 'answer' (string or null) and 'correct' (true/false)")
-            ans, ok = s["answer"], s["correct"]
-            if not isinstance(ok, bool):
-                raise ValueError(f"{where}: sample {j} has correct={ok!r}; it must be true or false")
-            if ans is None:
-                ids[j] = -1
-                null_flags.append(ok)
-            else:
-                if not isinstance(ans, (str, int, float)) or isinstance(ans, bool):
-                    raise ValueError(f"{where}: sample {j} has answer of type {type(ans).__name__}; use a string "
-                                     "(or null for no answer)")
-                key = str(ans)
-                if key not in index:
-                    index[key] = len(index)
-                    flags.append([])
-                ids[j] = index[key]
-                flags[index[key]].append(ok)
-            t, src = _sample_tokens(s)
-            if t is None:
-                tokens_ok = False
-                n_tokens_missing += 1
-            else:
-                toks[j] = t
-                token_sources[src] += 1
-            sc = _number(s.get("score"))
-            if sc is not None:
-                scores[j] = sc
-                wsrc[j] = sc
-                n_score += 1
-            else:
-                ver = s.get("verifications")
-                if isinstance(ver, list) and ver and all(_number(v) is not None for v in ver):
-                    wsrc[j] = float(np.mean(ver))
-                    n_verif += 1
-        inconsistent = 0
-        correct = np.zeros(len(index), dtype=bool)
-        for k, fl in enumerate(flags):
-            n_true = sum(fl)
-            if 0 < n_true < len(fl):
-                inconsistent += 1
-            correct[k] = 2 * n_true > len(fl)  # majority of the flags (ties: wrong); they agree in clean files
-        if inconsistent:
-            logger.warning("%s: %d answer(s) carry both correct=true and correct=false; using the majority flag",
-                           where, inconsistent)
-        if not meta:
-            meta = {k: row.get(k) for k in ("source", "dataset", "model", "setting", "correct_rule")}
-        problems.append(ReplayProblem(
-            qid=row.get("qid", lineno), line=lineno, answer_ids=ids, answers=list(index), answer_correct=correct,
-            tokens=toks if tokens_ok else None, scores=scores, weight_source=wsrc, inconsistent_answers=inconsistent))
-    if not problems:
-        raise ValueError(f"{path}: no problems found; the file is empty")
-    score_kind = "score" if n_score else ("verifications" if n_verif else "none")
-    return ReplayData(path=str(path), problems=problems, meta=meta, token_sources=token_sources,
-                      n_tokens_missing=n_tokens_missing, score_kind=score_kind,
-                      n_samples_scored=n_score if n_score else n_verif,
-                      sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -337,6 +168,11 @@ class Policy:
 POLICIES: Registry[Policy] = Registry("replay policy")
 
 
+def _leader(tally: VoteTally) -> int | None:
+    """The tally's leader: an answer id, since the policies vote with the ids of :class:`ReplayProblem`."""
+    return cast("int | None", tally.leader())
+
+
 def _sequential(problem: ReplayProblem, order: np.ndarray, rule: Any) -> tuple[int | None, np.ndarray]:
     n = problem.n_samples
     tally = VoteTally()
@@ -348,7 +184,7 @@ def _sequential(problem: ReplayProblem, order: np.ndarray, rule: Any) -> tuple[i
         if rule is not None and rule.should_stop(tally, n):
             used = i + 1
             break
-    return tally.leader(), order[:used]
+    return _leader(tally), order[:used]
 
 
 def _run_sc(problem: ReplayProblem, order: np.ndarray, ctx: _Context) -> tuple[int | None, np.ndarray]:
@@ -382,7 +218,7 @@ def _run_weighted(problem: ReplayProblem, order: np.ndarray, ctx: _Context) -> t
     for j, w in zip(used, weights):
         a = int(problem.answer_ids[j])
         tally.add(None if a < 0 else a, float(w))
-    return tally.leader(), used
+    return _leader(tally), used
 
 
 def _run_best_of(problem: ReplayProblem, order: np.ndarray, ctx: _Context) -> tuple[int | None, np.ndarray]:
@@ -463,10 +299,14 @@ def _permutations(n_samples: int, n_perm: int, seq: np.random.SeedSequence) -> n
     return np.argsort(rng.random((n_perm, n_samples)), axis=1, kind="stable")  # (P, N)
 
 
-def _bootstrap_ci(values: np.ndarray, idx: np.ndarray) -> list[float]:
-    means = values[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return [float(lo), float(hi)]
+def _row_means(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=1)
+
+
+def _bootstrap_ci(values: np.ndarray, seq: np.random.SeedSequence, n_bootstrap: int) -> list[float]:
+    """95 % percentile-bootstrap interval of the mean over problems; one ``seq`` resamples the same problems."""
+    lo, hi, _ = bootstrap_interval(_row_means, [values], n_resamples=n_bootstrap, rng=seq, vectorized=True)
+    return [lo, hi]
 
 
 def _resolve_policies(names: Sequence[str] | str) -> list[str]:
@@ -487,7 +327,7 @@ def _resolve_policies(names: Sequence[str] | str) -> list[str]:
 
 def run_replay(data: ReplayData, policies: Sequence[str] | str, config: ReplayConfig | None = None,
                progress: bool = False) -> dict[str, Any]:
-    """Evaluate policies on recorded samples; return the results dictionary (DESIGN.md schema).
+    """Evaluate policies on recorded samples; return the results dictionary (the layout of every thinkctl results file).
 
     Parameters
     ----------
@@ -541,7 +381,6 @@ def run_replay(data: ReplayData, policies: Sequence[str] | str, config: ReplayCo
                     toks[k][i, r] = prob.tokens[consumed].sum()
 
     tokens_available = data.n_tokens_missing == 0
-    boot_idx = np.random.default_rng(seqs[n_prob]).integers(0, n_prob, size=(cfg.n_bootstrap, n_prob))
     per_problem_acc = {k: acc[k].mean(axis=1) for k in names}
     strategies: dict[str, dict[str, Any]] = {}
     for k in names:
@@ -551,14 +390,14 @@ def run_replay(data: ReplayData, policies: Sequence[str] | str, config: ReplayCo
             "tokens_mean": float(toks[k].mean()) if tokens_available else None,
             "samples_mean": float(used[k].mean()),
             "n": n_prob,
-            "ci95": _bootstrap_ci(pa, boot_idx),
+            "ci95": _bootstrap_ci(pa, seqs[n_prob], cfg.n_bootstrap),
             "accuracy_sd_over_permutations": float(acc[k].mean(axis=0).std(ddof=1)) if n_perm > 1 else 0.0,
             "samples_max": int(used[k].max()),
         }
         if "sc" in names:
             d = pa - per_problem_acc["sc"]
             entry["accuracy_delta_vs_sc"] = float(d.mean())
-            entry["accuracy_delta_vs_sc_ci95"] = _bootstrap_ci(d, boot_idx)
+            entry["accuracy_delta_vs_sc_ci95"] = _bootstrap_ci(d, seqs[n_prob], cfg.n_bootstrap)
             entry["samples_ratio_vs_sc"] = float(used[k].mean() / used["sc"].mean())
             if tokens_available:
                 entry["tokens_ratio_vs_sc"] = float(toks[k].mean() / toks["sc"].mean())
@@ -576,16 +415,6 @@ def run_replay(data: ReplayData, policies: Sequence[str] | str, config: ReplayCo
         if notes:
             entry["notes"] = notes
         strategies[k] = entry
-
-    if "adaptive" in strategies and "sc" in strategies:
-        ad = strategies["adaptive"]
-        check: dict[str, Any] = {
-            "accuracy_within_tolerance_of_sc": bool(ad["accuracy_delta_vs_sc"] >= -cfg.accuracy_tolerance),
-            "tolerance": cfg.accuracy_tolerance}
-        for base in ("esc", "asc"):
-            if base in strategies:
-                check[f"fewer_samples_than_{base}"] = bool(ad["samples_mean"] < strategies[base]["samples_mean"])
-        ad["target_check"] = check
 
     n_samples = [p.n_samples for p in data.problems]
     from thinkctl import __version__

@@ -26,6 +26,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from thinkctl.stats import bootstrap_interval
+
 __all__ = ["bootstrap_ci", "auroc_ci", "spearman_ci", "DEFAULT_N_BOOTSTRAP", "DEFAULT_CONFIDENCE"]
 
 logger = logging.getLogger(__name__)
@@ -84,35 +86,20 @@ def bootstrap_ci(
     if any(a.shape[0] != n for a in arrs):
         raise ValueError(f"arrays have different numbers of rows {[a.shape[0] for a in arrs]}; pass aligned arrays")
     value = float(statistic(*arrs))
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        members: list[NDArray[np.intp]] | None = None
-        n_units = n
-    else:
+    members: list[NDArray[np.intp]] | None = None
+    if groups is not None:
         g = np.asarray(groups)
         if g.shape != (n,):
             raise ValueError(f"groups has shape {g.shape} but the arrays have {n} rows; pass one group per row")
         _, inv = np.unique(g, return_inverse=True)
         order = np.argsort(inv, kind="stable")
         members = np.split(order, np.cumsum(np.bincount(inv))[:-1])
-        n_units = len(members)
-    stats = np.full(n_bootstrap, np.nan)
-    for b in range(n_bootstrap):
-        pick = rng.integers(0, n_units, size=n_units)
-        idx = pick if members is None else np.concatenate([members[i] for i in pick])
-        try:
-            stats[b] = float(statistic(*(a[idx] for a in arrs)))
-        except ValueError:
-            continue
-    valid = stats[np.isfinite(stats)]
-    if valid.size < MIN_VALID_FRACTION * n_bootstrap:
+    ci = bootstrap_interval(statistic, arrs, n_resamples=n_bootstrap, rng=seed, alpha=1.0 - confidence,
+                            clusters=members, on_error="skip", drop="nonfinite")
+    if ci.n_valid < MIN_VALID_FRACTION * n_bootstrap:
         logger.warning("only %d of %d bootstrap resamples gave a defined statistic; the interval is unreliable",
-                       valid.size, n_bootstrap)
-    if valid.size == 0:
-        return value, float("nan"), float("nan"), 0
-    tail = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(valid, [tail, 1.0 - tail])
-    return value, float(lo), float(hi), int(valid.size)
+                       ci.n_valid, n_bootstrap)
+    return value, ci.low, ci.high, ci.n_valid
 
 
 def _auroc(y: NDArray[Any], s: NDArray[Any]) -> float:
@@ -159,7 +146,7 @@ def auroc_ci(y_true: ArrayLike, y_score: ArrayLike, *, groups: ArrayLike | None 
 def spearman_ci(a: ArrayLike, b: ArrayLike, *, groups: ArrayLike | None = None,
                 n_bootstrap: int = DEFAULT_N_BOOTSTRAP, confidence: float = DEFAULT_CONFIDENCE,
                 seed: int = 0) -> dict[str, Any]:
-    """Spearman rank correlation of ``a`` and ``b`` with a bootstrap interval; same return layout as :func:`auroc_ci`."""
+    """Spearman rank correlation of ``a`` and ``b`` with a bootstrap interval, laid out as :func:`auroc_ci` returns."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     value, lo, hi, n_valid = bootstrap_ci(_spearman, x, y, groups=groups, n_bootstrap=n_bootstrap,
                                           confidence=confidence, seed=seed)

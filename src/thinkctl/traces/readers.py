@@ -277,7 +277,7 @@ def read_replay(path: str | os.PathLike[str]) -> RecordedTraces:
     ValueError
         On a malformed line (``FILE:LINE: ...``).
     """
-    from thinkctl.eval.replay import load_replay
+    from thinkctl.traces.replay_file import load_replay
 
     data = load_replay(path)  # validates every sample, with FILE:LINE errors
     p = Path(path)

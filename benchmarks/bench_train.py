@@ -1,4 +1,5 @@
-"""``thinkctl bench-train``: seconds per training step of the embedded model, eager against ``torch.compile``.
+"""``python benchmarks/bench_train.py``: seconds per training step of the embedded model, eager against
+``torch.compile``.
 
 Takes the same recipe options as ``thinkctl train-embedded`` and times that recipe's step both ways in one run, on the
 same batches, in alternating blocks (:func:`thinkctl.embedded.train.bench_compile`). A benchmark, not a test: the
@@ -9,13 +10,12 @@ file given with ``--json``.
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from typing import Sequence
 
 from thinkctl.commands._common import add_progress_argument, write_json
 from thinkctl.commands.train_embedded import add_recipe_arguments, config_from_args
-
-NAME = "bench-train"
-HELP = "time the embedded model's training step eager against torch.compile (writes JSON)"
-DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,32 @@ def run(args: argparse.Namespace) -> int:
     even = result["break_even_steps"]
     print(f"eager {result['eager_s_per_step']:.3f} s/step, compiled {result['compiled_s_per_step']:.3f} s/step: "
           f"ratio {result['ratio']:.3f} (median block {result['median_block_ratio']:.3f}, blocks "
-          f"{min(result['block_ratios']):.3f}-{max(result['block_ratios']):.3f}); compiling {result['compile_s']:.0f} s, "
+          f"{min(result['block_ratios']):.3f}-{max(result['block_ratios']):.3f}); "
+          f"compiling {result['compile_s']:.0f} s, "
           + (f"repaid after {even:.0f} steps" if even is not None else "never repaid") + f"; wrote {args.json}")
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (``--help`` lists them with their defaults)."""
+    parser = argparse.ArgumentParser(prog="bench_train.py", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 2 (with the advice on stderr) on a user error."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"bench_train.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

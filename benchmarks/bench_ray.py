@@ -1,4 +1,5 @@
-"""``thinkctl bench-ray``: wall time of ``collect --ray`` with 1 and with N local Ray workers on the same problems.
+"""``python benchmarks/bench_ray.py``: wall time of ``collect --ray`` with 1 and with N local Ray workers on the
+same problems.
 
 Starts one local Ray instance and one pool of actors per worker count (each actor: one model replica, one torch
 thread), then times trace collection into fresh stores, pools interleaved across repeats, medians compared. Actor
@@ -13,18 +14,16 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from thinkctl.commands._common import add_model_argument, write_json
 
-NAME = "bench-ray"
-HELP = "time trace collection on 1 and on N local Ray workers (and in one process), report the speed-up"
-DESCRIPTION = __doc__
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def measure_ray_scaling(model: str, task_name: str, cfg: Any, workers: list[int]
     from thinkctl import __version__
     from thinkctl.distributed import CollectWorker, RayConfig, ShardRunner, collect_distributed, ray_session
     from thinkctl.models import model_id
-    from thinkctl.traces import TraceStore, collect
+    from thinkctl.traces import collect
 
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
@@ -202,7 +201,33 @@ def run(args: argparse.Namespace) -> int:
     times = ", ".join(f"{w} worker(s) {s:.1f}s" for w, s in result["collect_s"].items())
     ref = f", one process {result['one_process_s']:.1f}s" if result["one_process_s"] is not None else ""
     busy = ", ".join(f"{w}: {b:.2f}" for w, b in result["actor_cores_busy"].items() if b is not None)
-    print(f"collection {times}{ref}: ratio {result['ratio']:.2f} (fastest runs: {result['ratio_best']:.2f}) on {result['cpus_usable']} usable cores "
+    print(f"collection {times}{ref}: ratio {result['ratio']:.2f} (fastest runs: {result['ratio_best']:.2f}) "
+          f"on {result['cpus_usable']} usable cores "
           f"(load average {result['loadavg_before'][0]:.1f}; cores the actors kept busy {busy or 'n/a'}); "
           f"same traces: {result['same_traces']}; wrote {path}")
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (``--help`` lists them with their defaults)."""
+    parser = argparse.ArgumentParser(prog="bench_ray.py", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 2 (with the advice on stderr) on a user error."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"bench_ray.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``thinkctl bench-overhead``: the wall-time cost of thinkctl's stopping hooks inside ``model.generate``.
+"""``python benchmarks/bench_overhead.py``: the wall-time cost of thinkctl's stopping hooks inside ``model.generate``.
 
 Times greedy ``generate`` with :class:`~thinkctl.stopping.BudgetForcing` + :class:`~thinkctl.stopping.HiddenStateTap`
 + :class:`~thinkctl.stopping.ProbeStopping` (a small linear predictor probed at every token) against plain
@@ -20,17 +20,17 @@ import inspect
 import itertools
 import logging
 import statistics
+import sys
 import time
 import tracemalloc
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from thinkctl.commands._common import add_device_argument, add_model_argument, write_json
+from thinkctl.stats import bootstrap_interval
 from thinkctl.stopping.tracking import precomputed_call_signature
 
-NAME = "bench-overhead"
-HELP = "time generate with stopping hooks (budget forcing, hidden-state tap, probe) against plain generate"
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +116,13 @@ def bootstrap_ratio_ci(hooked: list[float], plain: list[float], *, seed: int = 0
     the same machine load, which the paired ratio cancels (on a shared machine whose speed drifts by tens of per
     cent from one minute to the next, the paired interval is the informative one)."""
     h, p = np.asarray(hooked, dtype=float), np.asarray(plain, dtype=float)
-    idx = np.random.default_rng([seed, 8]).integers(0, len(h), size=(n_boot, len(h)))
-    if paired:
-        ratios = np.median(h[idx] / p[idx], axis=1)
-    else:
-        ratios = np.median(h[idx], axis=1) / np.median(p[idx], axis=1)
-    lo, hi = np.quantile(ratios, [0.025, 0.975])
+
+    def ratio(hb: np.ndarray, pb: np.ndarray) -> np.ndarray:
+        if paired:
+            return np.median(hb / pb, axis=1)
+        return np.median(hb, axis=1) / np.median(pb, axis=1)
+
+    lo, hi, _ = bootstrap_interval(ratio, [h, p], n_resamples=n_boot, rng=[seed, 8], vectorized=True)
     return float(lo), float(hi)
 
 
@@ -489,3 +490,28 @@ def run(args: argparse.Namespace) -> int:
           f"plain {result['plain_s']:.3f}s, hooked {result['hooked_s']:.3f}s; "
           f"same tokens: {result['same_tokens']} ({result['generated_tokens_per_row']} steps); wrote {path}")
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (``--help`` lists them with their defaults)."""
+    parser = argparse.ArgumentParser(prog="bench_overhead.py", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 2 (with the advice on stderr) on a user error."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"bench_overhead.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
