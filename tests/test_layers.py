@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("traces",),
     ("predictors",),
     ("calibration",),
+    ("process",),
     ("controller",),
     ("eval",),
     ("distributed",),

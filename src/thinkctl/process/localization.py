@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import binomtest
 
 from thinkctl.predictors.bootstrap import auroc_ci
 from thinkctl.process.scoring import AGGREGATIONS, StepScorer, aggregate, check_step_scores
+from thinkctl.stats import wilson_interval
 from thinkctl.tasks.base import Problem
 
 __all__ = ["LocalizationConfig", "StepLabelled", "labelled_solutions", "first_flagged_step", "localization_figures",
@@ -116,8 +116,7 @@ def first_flagged_step(step_scores: np.ndarray, threshold: float) -> int | None:
 def _wilson(k: int, n: int) -> list[float] | None:
     if n == 0:
         return None
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return [float(ci.low), float(ci.high)]
+    return list(wilson_interval(k, n))
 
 
 def localization_figures(first_errors: Sequence[int | None], predicted: Sequence[int | None]) -> dict[str, Any]:

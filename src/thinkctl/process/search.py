@@ -66,6 +66,9 @@ class SearchConfig:
         Sampling of the steps.
     aggregation : str, default="min"
         How step scores make a candidate's score (:data:`~thinkctl.process.scoring.AGGREGATIONS`).
+    stop_score : float or None, default=None
+        End a problem's search as soon as a finished solution scores at least this (e.g. 1.0 with the exact
+        checker: a solution whose every step is verified); None: search on as described above.
     seed : int, default=0
         Seed of the sampling and of the tie-breaking.
     batch_size : int, default=64
@@ -80,6 +83,7 @@ class SearchConfig:
     temperature: float = SEARCH_TEMPERATURE
     top_p: float = 1.0
     aggregation: str = "min"
+    stop_score: float | None = None
     seed: int = 0
     batch_size: int = 64
 
@@ -246,6 +250,8 @@ def step_search(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, pr
                     best.setdefault(b.subtree, b)
                 st.finished.extend(b for b in best.values() if b.done)
                 st.beams = [b for b in best.values() if not b.done]
+            if cfg.stop_score is not None and any(b.score >= cfg.stop_score for b in st.finished):
+                st.beams = []
         round_ += 1
     return _answer(model, tokenizer, fmt, task, states, cfg, method)
 
