@@ -19,7 +19,7 @@ MODULES = [
     "thinkctl.predictors.layer_sweep",
 ]
 
-# the names DESIGN.md promises, plus the helpers later stages use
+# the public names of thinkctl.predictors, plus the helpers the calibration and controller layers use
 REQUIRED = ["HiddenStateProbe", "QueryFeatures", "DifficultyModel", "layer_sweep", "plot_layer_sweep",
             "grouped_train_test_split", "auroc_ci", "spearman_ci", "bootstrap_ci"]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ import numpy as np
 
 from thinkctl.commands._common import write_json
 from thinkctl.jsonl import iter_jsonl
+from thinkctl.tasks.data import DATA_ENV_VAR, DataNotFoundError, find_data_dir
 
 NAME = "difficulty-real"
 HELP = "train a DifficultyModel on real MATH problem text (level target) and compare it with a length baseline"
@@ -35,11 +35,7 @@ DESCRIPTION = __doc__
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming the shared data directory (the one holding ``problems/``).
-DATA_ENV_VAR = "THINKCTL_DATA"
-#: Shared data directory relative to the working directory when neither --data nor $THINKCTL_DATA is set.
-DEFAULT_DATA_DIR = Path("..") / "shared" / "data"
-#: The MATH file inside the shared data directory.
+#: The MATH file inside the data directory.
 DATA_FILE = Path("problems") / "math_test4500_no_math500.jsonl"
 #: Held-out fraction of problems (stratified by level).
 DEFAULT_TEST_SIZE = 0.3
@@ -87,8 +83,8 @@ def _variants() -> dict[str, Callable[[], Any]]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
-                   help=f"shared data directory (holding {DATA_FILE}) or the JSONL file itself; default: "
-                        f"${DATA_ENV_VAR}, else {DEFAULT_DATA_DIR} relative to the working directory")
+                   help=f"data directory (holding {DATA_FILE}) or the JSONL file itself; default: the directory named "
+                        f"by ${DATA_ENV_VAR}")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split, the CV folds and the models")
     p.add_argument("--test-size", type=float, default=DEFAULT_TEST_SIZE, help="held-out fraction of problems")
     p.add_argument("--cv-folds", type=int, default=DEFAULT_CV_FOLDS,
@@ -104,12 +100,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_data_file(data: str | None) -> Path:
-    """The MATH JSONL: ``--data`` (directory or file), else ``$THINKCTL_DATA``, else ``../shared/data``."""
-    base = Path(data) if data else Path(os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_DIR)
+    """The MATH JSONL: ``--data`` (directory or file), else the data directory named by ``$THINKCTL_DATA``."""
+    try:
+        base = Path(data) if data else find_data_dir()
+    except DataNotFoundError as exc:
+        raise FileNotFoundError(f"MATH problems not found: {exc}; or pass --data DIR (the data directory holding "
+                                f"{DATA_FILE}) or --data FILE.jsonl") from exc
     path = base / DATA_FILE if base.is_dir() else base
     if not path.is_file():
         raise FileNotFoundError(
-            f"MATH problems not found at {str(path)!r}; pass --data DIR (the shared data directory holding "
+            f"MATH problems not found at {str(path)!r}; pass --data DIR (the data directory holding "
             f"{DATA_FILE}) or --data FILE.jsonl, or set {DATA_ENV_VAR}")
     return path.resolve()
 
