@@ -72,3 +72,36 @@ def test_a_constant_scorer_makes_a_majority_vote_and_a_bad_scorer_is_named(embed
     bad = CallableStepScorer(lambda prompt, steps: [0.5], name="broken")
     with pytest.raises(ValueError, match="'broken' returned 1 scores"):
         step_search(model, tok, fmt, task, probs[:1], prefixes[:1], bad, SearchConfig(n=4, beam_width=2))
+
+
+def test_process_probe_reads_the_hidden_state_at_each_step_end(embedded):
+    import torch
+
+    from thinkctl.process.probe import ProcessProbeScorer
+
+    model, tok, _ = embedded
+    seen = []
+
+    class Recorder:
+        layer = -2
+
+        def __call__(self, hidden):
+            seen.append(hidden.clone())
+            return torch.sigmoid(hidden[:, 0]).numpy()
+
+    p = TASKS.get("arith")().sample(1, seed=5, level=2)[0]
+    steps = ["8+10=18", "18-17=1"]
+    scores = ProcessProbeScorer(model, tok, Recorder()).score(p, steps)
+    assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))
+    ids = chat_prefix(tok, p.prompt) + tok("8+10=18\n18-17=1\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    n_layers = len(hs) - 1
+    ends = [i for i, t in enumerate(ids) if i >= len(ids) - 16 and "\n" in tok.decode([t])][-2:]
+    assert torch.allclose(seen[0], hs[(-2) % n_layers + 1][0, ends], atol=1e-5)
+
+    class WrongLayer(Recorder):
+        layer = 99
+
+    with pytest.raises(ValueError, match="out of range"):
+        ProcessProbeScorer(model, tok, WrongLayer())

@@ -3,6 +3,9 @@
 * :class:`StepScorer` - the interface: one score per reasoning step; :class:`CallableStepScorer` wraps any
   ``fn(prompt, steps)`` (a process reward model served anywhere).
 * :class:`ExactStepChecker` - exact verification of the built-in tasks' thinking lines (1 right, 0 an error).
+* :class:`~thinkctl.process.probe.ProcessProbeScorer` - a hidden-state probe (the bundle's outlook probe) read at
+  the end of every step.
+* :func:`~thinkctl.process.search.step_search` - beam search and DVTS over steps, guided by any scorer.
 * :data:`AGGREGATIONS` / :func:`aggregate` - ``last``, ``min``, ``prod`` (search-and-learn) and ``mean``.
 * :func:`evaluate_step_scorers` - step AUROC, first-error localization (ProcessBench's F1) and outcome selection
   per evaluator on step-labelled solutions (``thinkctl steps-report``).

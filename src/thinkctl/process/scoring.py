@@ -5,7 +5,7 @@ problem and the steps so far and returns one score per step, higher meaning "thi
 model's probability that the step is correct, a checker's 1/0). Three kinds ship:
 
 * :class:`~thinkctl.process.checker.ExactStepChecker` - exact verification of the built-in tasks' thinking lines;
-* a hidden-state process probe read at the end of every step;
+* :class:`~thinkctl.process.probe.ProcessProbeScorer` - a hidden-state probe read at the end of every step;
 * :class:`CallableStepScorer` - any callable ``f(prompt, steps) -> scores`` (a real PRM on a GPU, an API verifier).
 
 Aggregations follow search-and-learn (Beeching, Tunstall & Rush 2024, "Scaling test-time compute with open
