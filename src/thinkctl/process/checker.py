@@ -31,6 +31,10 @@ from thinkctl.tasks.arith import ArithTask, apply_op
 from thinkctl.tasks.base import Problem
 from thinkctl.tasks.modeq import ModEqTask
 
+#: How the built-in tasks' prompts start, to recognise a bare prompt's family.
+ARITH_PROMPT_START = "Evaluate from left to right:"
+MODEQ_PROMPT_RE = re.compile(r"Solve (\d+)x \+ (\d+) = (\d+) \(mod (\d+)\)")
+
 __all__ = ["ExactStepChecker", "arithmetic_claims_hold", "CHECKED_FAMILIES"]
 
 #: Task families whose step structure the checker knows; others get arithmetic claims only.
@@ -170,8 +174,8 @@ class ExactStepChecker:
     ----------
     family : {"arith", "modeq"} or None, default=None
         The task family whose step structure to check. None: taken from each problem (``features["family"]`` for
-        ``mix`` problems, else the id's prefix ``arith-`` / ``modeq-``); problems of other tasks get the
-        arithmetic-claims check only.
+        ``mix`` problems, else the id's prefix ``arith-`` / ``modeq-``, else the prompt's form); problems of other
+        tasks get the arithmetic-claims check only.
 
     Examples
     --------
@@ -197,6 +201,10 @@ class ExactStepChecker:
         for f in CHECKED_FAMILIES:
             if problem.id.startswith(f + "-"):
                 return f
+        if problem.prompt.startswith(ARITH_PROMPT_START):
+            return "arith"
+        if MODEQ_PROMPT_RE.search(problem.prompt):
+            return "modeq"
         return None
 
     def score(self, problem: Problem, steps: Sequence[str]) -> NDArray[np.float64]:
