@@ -105,7 +105,7 @@ def measure_ray_scaling(model: str, task_name: str, cfg: Any, workers: list[int]
     from thinkctl import __version__
     from thinkctl.distributed import CollectWorker, RayConfig, ShardRunner, collect_distributed, ray_session
     from thinkctl.models import model_id
-    from thinkctl.traces import TraceStore, collect
+    from thinkctl.traces import collect
 
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     for name, fam in report["families"].items():
         lv = fam["by_level"]
         print(f"{name}: greedy by level " + ", ".join(f"L{k}={v['greedy']['accuracy']:.2f}" for k, v in lv.items()))
-        print(f"  greedy traces that re-check by themselves: "
+        print("  greedy traces that re-check by themselves: "
               + ", ".join(f"L{k}={v['self_rechecked']:.2f}" for k, v in lv.items()))
         for tname, t in fam["targets"].items():
             shown = {k: v for k, v in t.items() if k != "met"}
