@@ -35,7 +35,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from thinkctl.calibration.calibrators import make_calibrator
 from thinkctl.calibration.metrics import (auroc, bootstrap_ci, brier_score, expected_calibration_error,
                                           negative_log_likelihood)
 from thinkctl.calibration.risk_control import (STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK, STOP_SCORE_OUTLOOK_ONLY,
-                                               _p_values, early_stopping_losses, learn_then_test,
+                                               Method, _p_values, early_stopping_losses, learn_then_test,
                                                min_calibration_size, stop_score)
 from thinkctl.bundle import (CALIBRATION_DIR, CALIBRATION_REPORT, CONFIDENCE_CALIBRATOR, CONFIDENCE_OOF,
                              CONFIDENCE_PROBE, DIFFICULTY_PROBE, OUTLOOK_CALIBRATOR, OUTLOOK_PROBE, RISK_CONTROL,
@@ -83,7 +83,7 @@ class CalibrationConfig:
     n_bins: int = 15
     epsilon: float = 0.02
     delta: float = 0.1
-    method: str = "binomial"
+    method: Method = "binomial"
     thresholds: tuple[float, float, int] = (0.05, 0.995, 190)  # linspace(start, stop, num); fixed-sequence testing
     #                                                          from the top, so a finer, wider grid costs no validity
     n_boot: int = 1000
@@ -129,11 +129,13 @@ def checkpoint_matrix(sample: np.ndarray, values: np.ndarray, fill: float = np.n
 
 
 def _metrics(y: np.ndarray, p: np.ndarray, cfg: CalibrationConfig, groups_seed: int) -> dict[str, Any]:
-    def ece(yt: np.ndarray, pp: np.ndarray) -> float:
+    def ece(yt: Any, pp: Any) -> float:
         return expected_calibration_error(yt, pp, n_bins=cfg.n_bins)
 
     out = {}
-    for name, fn in (("ece", ece), ("brier", brier_score), ("nll", negative_log_likelihood), ("auroc", auroc)):
+    scores: tuple[tuple[str, Callable[[Any, Any], float]], ...] = (
+        ("ece", ece), ("brier", brier_score), ("nll", negative_log_likelihood), ("auroc", auroc))
+    for name, fn in scores:
         point, lo, hi = bootstrap_ci(fn, y, p, n_boot=cfg.n_boot, seed=groups_seed)
         out[name] = {"value": float(point), "ci95": [float(lo), float(hi)]}
     return out
@@ -152,7 +154,7 @@ def choose_calibrator(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
             c = make_calibrator(name).fit(x[fit_m], y[fit_m])
             oof[pred_m] = c.predict_proba(x[pred_m])
         cv[name] = float(brier_score(y, oof))
-    best = min(cv, key=cv.get)
+    best = min(cv, key=lambda k: cv[k])
     return best, cv, make_calibrator(best).fit(x, y)
 
 

@@ -276,6 +276,6 @@ class AdaptiveController(ParallelRoute):
                 results[i] = x
         done = [r for r in results if r is not None]
         assert len(done) == n
-        for r, p in zip(done, p_solve):
-            r.trace[0]["p_solve"] = p
+        for res_i, p in zip(done, p_solve):
+            res_i.trace[0]["p_solve"] = p
         return done

@@ -170,7 +170,8 @@ class GenerationEngine:
 
                 out = StaticCache(config=self.model.config, max_cache_len=max_len)
                 if all(type(layer) is StaticLayer for layer in out.layers) and len(out.layers) == len(cache.layers):
-                    for dst, src in zip(out.layers, cache.layers):
+                    layers: list[Any] = list(out.layers)  # StaticLayer, checked above
+                    for dst, src in zip(layers, cache.layers):
                         k, v = src.keys[index], src.values[index]
                         dst.lazy_initialization(k, v)
                         dst.keys[:, :, :k.shape[2]] = k
@@ -225,10 +226,10 @@ class GenerationEngine:
         if conf is not None and (probe_at or read_end) and tcap > 0:
             # hidden_states[i] of a forward pass is decoder layer i-1's output, except the last entry, which
             # transformers returns after the final norm: tap the same thing the predictor was trained on
-            index = conf.hidden_index(self.n_layers)
-            last = index == self.n_layers
-            tap = HiddenStateTap(self.model, layers=(index - 1,), final_norm=last)
-            layer: int | str = FINAL_NORM if last else index - 1
+            h_index = conf.hidden_index(self.n_layers)
+            last = h_index == self.n_layers
+            tap = HiddenStateTap(self.model, layers=(h_index - 1,), final_norm=last)
+            layer: int | str = FINAL_NORM if last else h_index - 1
             if probe_at:
                 probe = ProbeStopping(tap, lambda h: torch.as_tensor(self._stop_score(h)), threshold, every=None,
                                       at=tuple(probe_at), layer=layer, think_start=self.think_start,
@@ -253,7 +254,8 @@ class GenerationEngine:
                                                 tokenizer=self.tokenizer, think_start=self.think_start,
                                                 think_end=self.think_end)
             # one threshold per row (the rule compares ``group < threshold`` elementwise)
-            drop_rule.threshold = torch.tensor([max(t, -1e30) for t in low_confidence], device=dev)
+            drop_rule.threshold = torch.tensor(  # type: ignore[assignment]  # per-row thresholds broadcast
+                [max(t, -1e30) for t in low_confidence], device=dev)
             stopping.append(drop_rule)
         kw: dict[str, Any] = dict(max_new_tokens=cap, do_sample=sample, pad_token_id=self.fmt.pad_id,
                                   eos_token_id=list(self.fmt.eos_ids), logits_processor=LogitsProcessorList([bf]),

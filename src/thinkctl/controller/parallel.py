@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -147,6 +147,7 @@ class ParallelRoute(SerialRoute):
         forced = []
         for k in range(k_rows):
             trace = traces[k]
+            leader: Hashable | None
             final = wtallies[k] if weighted and wtallies[k].ranked() and sum(v for _, v in wtallies[k].ranked()) > 0 \
                 else tallies[k]
             if scorer is not None and gens[k]:

@@ -28,25 +28,26 @@ class SerialRoute(GenerationEngine):
         cfg = self.config
         tcap = self._thinking_cap(cap)
         conf_pred = self.confidence if use_confidence else None
+        certified = conf_pred.certified_at if conf_pred is not None else None
         if budgets is not None:
             plan = sorted({min(int(b), tcap) for b in budgets})
             cap = min(cap, plan[-1] + (cap - tcap))
-        elif conf_pred is not None and conf_pred.certified_at and not cfg.check_points and cfg.max_budget is None:
+        elif certified and not cfg.check_points and cfg.max_budget is None:
             # read where the threshold was certified (reading is free: a probe on the tapped state)
-            plan = [c for c in conf_pred.certified_at if c < tcap] + [tcap] if tcap >= 1 else []
+            plan = [c for c in certified if c < tcap] + [tcap] if tcap >= 1 else []
         else:
             plan = cfg.budgets(tcap)
             cap = min(cap, plan[-1] + (cap - tcap)) if plan else cap
         probe_at = plan[:-1] if conf_pred is not None else []  # the last budget is the cap: thinking ends there
         threshold = conf_pred.threshold if conf_pred is not None else None
-        if threshold is not None and conf_pred.certified_at is not None and not self._warned_schedule:
-            outside = sorted(set(probe_at) - set(conf_pred.certified_at))
+        if threshold is not None and certified is not None and not self._warned_schedule:
+            outside = sorted(set(probe_at) - set(certified))
             if outside:
                 self._warned_schedule = True
                 logger.warning("the stop threshold %.3f was certified at thinking budgets %s, but this controller also "
                                "reads its confidence at %s: the Learn-then-Test guarantee does not cover those "
                                "(recalibrate with `thinkctl calibrate --check-points`)", threshold,
-                               list(conf_pred.certified_at[:6]), outside)
+                               list(certified[:6]), outside)
         out = self._run_rows(pre, rows, sample=False, cap=cap, clock=clock, probe_at=probe_at, threshold=threshold,
                              read_end=conf_pred is not None, extra_rules=extra_rules)
         results = []

@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class PredictorTrainingConfig:
     seed: int = 0
     calib_fraction: float = 0.25
     test_fraction: float = 0.25
-    probe_kind: str = "linear"
+    probe_kind: Literal["linear", "mlp"] = "linear"
     n_bootstrap: int = 1000
 
     def __post_init__(self) -> None:
