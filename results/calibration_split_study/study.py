@@ -9,11 +9,12 @@ from thinkctl.traces.store import TraceStore
 from thinkctl.predictors.probe import HiddenStateProbe
 from thinkctl.predictors.from_traces import PredictorTrainingConfig, problem_split
 from thinkctl.calibration.metrics import expected_calibration_error
+from thinkctl.bundle import BundleLayout
 from thinkctl.calibration.bundle import choose_calibrator, out_of_fold_logits
 
 b = Path(sys.argv[1]); seeds = range(int(sys.argv[2]))
-meta = json.loads((b / "bundle.json").read_text())
-store = TraceStore(meta["trace_store"])
+meta = BundleLayout(b).read_manifest()
+store = TraceStore(BundleLayout(b).trace_store_path(meta))
 ca = store.checkpoint_arrays(meta["confidence_layer"])
 y = ca.y.astype(int)
 

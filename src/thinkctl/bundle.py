@@ -20,10 +20,11 @@ Every module that reads or writes a bundle takes the names from here (:class:`Bu
 owner. The manifest is written in the versioned envelope of :mod:`thinkctl.persistence` (family ``"bundle"``); a
 manifest from before the envelope (a plain JSON object with ``"kind": "thinkctl-bundle"``) is still read.
 
-Trace store path: the manifest stores it relative to the bundle folder when it can (absolute otherwise), so that a
-bundle resolves from any working directory and moves together with its traces. Resolution: an absolute path is used
-as is; a relative one is joined to the bundle folder. A manifest without the envelope stored the path relative to
-the folder the command ran in: that is tried first, then the bundle folder.
+Trace store path: the manifest stores it twice, ``trace_store`` relative to the bundle folder (absolute when no
+relative path exists) and ``trace_store_absolute``, so that it resolves from any working directory. Resolution: the
+relative path joined to the bundle folder (a bundle moved together with its traces), else the absolute path (a bundle
+copied elsewhere alone). A manifest without the envelope stored the path relative to the folder the command ran in:
+that is tried first, then the bundle folder.
 
 Staleness: ``thinkctl train`` records a fingerprint (a content hash) of each probe it writes under ``parts``; the
 calibration stages record the fingerprints of the probes they calibrated (``calibration.made_for`` and
@@ -164,7 +165,7 @@ class BundleLayout:
         state = {k: v for k, v in fields.items() if not k.startswith("_")}
         if fields.get("_legacy") and "trace_store" in state:  # re-anchor a working-folder path to the bundle
             try:
-                state["trace_store"] = self.store_reference(self.trace_store_path(fields))
+                state.update(self.store_reference(self.trace_store_path(fields)))
             except MissingArtefactError:
                 pass  # leave it as it was: loading will say where it was looked for
         model = state.get("model") or {}
@@ -197,13 +198,15 @@ class BundleLayout:
 
     # -- trace store -------------------------------------------------------------------------------------------
 
-    def store_reference(self, store_path: str | os.PathLike[str]) -> str:
-        """How the manifest records ``store_path``: relative to the bundle folder when possible, else absolute."""
+    def store_reference(self, store_path: str | os.PathLike[str]) -> dict[str, str]:
+        """The manifest fields that record ``store_path``: ``trace_store`` relative to the bundle folder (absolute
+        when no relative path exists) and ``trace_store_absolute``."""
         target = Path(store_path).resolve()
         try:
-            return Path(os.path.relpath(target, self.root.resolve())).as_posix()
+            rel = Path(os.path.relpath(target, self.root.resolve())).as_posix()
         except ValueError:  # another drive (Windows): no relative path exists
-            return str(target)
+            rel = str(target)
+        return {"trace_store": rel, "trace_store_absolute": str(target)}
 
     def trace_store_path(self, fields: Mapping[str, Any]) -> Path:
         """The trace store the manifest ``fields`` name, resolved (see the module docstring for the rule).
@@ -222,6 +225,8 @@ class BundleLayout:
             candidates = [ref, self.root / ref]  # written relative to the working folder of `thinkctl train`
         else:
             candidates = [self.root / ref]
+        if fields.get("trace_store_absolute"):
+            candidates.append(Path(str(fields["trace_store_absolute"])))
         for c in candidates:
             if c.is_dir():
                 return c

@@ -122,7 +122,8 @@ class Bundle:
         out = BundleLayout(bundle_dir)
         out.root.mkdir(parents=True, exist_ok=True)
         meta = {k: v for k, v in self.manifest.items() if not k.startswith("_")}
-        meta["trace_store"] = out.store_reference(self.layout.trace_store_path(self.manifest))
+        if "trace_store" in meta:
+            meta.update(out.store_reference(self.layout.trace_store_path(self.manifest)))
         stamp = {"model": (meta.get("model") or {}).get("name"), "layer": meta.get("confidence_layer")}
         parts: list[tuple[str, str | None, HiddenStatePredictor]] = [
             (CONFIDENCE_PROBE, CONFIDENCE_CALIBRATOR, self.confidence)]

@@ -175,7 +175,7 @@ def train_predictors(store: TraceStore, out_dir: str | os.PathLike[str],
         diff["skipped"] = "one split holds a single class (every sample right or every sample wrong)"
     report["difficulty"] = diff
     layout.write_manifest({"model": meta["model"], "task": meta["collect"]["task"],
-                           "trace_store": layout.store_reference(store.path), "split": split,
+                           **layout.store_reference(store.path), "split": split,
                            "confidence_layer": best, "collect": meta["collect"],
                            "parts": layout.probe_fingerprints()})
     layout.path(TRAIN_REPORT).write_text(json.dumps(report, indent=2, default=float))
