@@ -232,7 +232,7 @@ class BundleLayout:
                 return c
         raise MissingArtefactError(
             f"the trace store of bundle {self.root} is not at {' or '.join(map(str, candidates))}; move it back, or "
-            f"retrain the bundle from the store with {_TRAIN_HINT}")
+            "retrain the bundle from it: `thinkctl train --store TRACES --out BUNDLE`")
 
     # -- parts and staleness -----------------------------------------------------------------------------------
 

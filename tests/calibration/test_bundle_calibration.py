@@ -263,24 +263,29 @@ def test_the_blunt_easy_route_is_a_candidate_only_without_a_certified_stop_rule(
     assert "easy" in fit_bundle_routing(bundle).meta["candidates"]  # nothing certified: the cap is the only stop
 
 
-def test_the_trace_store_resolves_from_any_folder_and_moves_with_the_bundle(bundle, tmp_path, monkeypatch):
+def test_the_trace_store_resolves_from_any_folder_and_moves_with_the_bundle(trained_bundle, bundle, tmp_path,
+                                                                             monkeypatch):
+    layout = BundleLayout(bundle)  # a copy of the bundle alone: the absolute path finds the original traces
     meta = manifest(bundle)
     assert not Path(meta["trace_store"]).is_absolute()  # relative to the bundle folder
-    assert Path(meta["trace_store_absolute"]).is_absolute()  # the fallback when the bundle moves alone
+    assert layout.trace_store_path(meta) == Path(meta["trace_store_absolute"]) == (trained_bundle.parent / "traces")
+    # the bundle and its traces moved together (the original gone): the relative path finds them
+    shutil.copytree(trained_bundle.parent / "traces", tmp_path / "traces")
+    layout.write_manifest({**meta, "trace_store_absolute": str(tmp_path / "gone")})
+    meta = manifest(bundle)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    layout = BundleLayout(bundle)
-    assert layout.trace_store_path(meta).resolve() == (bundle / meta["trace_store"]).resolve()
+    assert layout.trace_store_path(meta).resolve() == (tmp_path / "traces").resolve()
     rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=20, check_points=SYNTH_POINTS))
     assert rep["risk_control"]["n_calib_problems"] == len(meta["split"]["calib"])
 
 
 def test_a_manifest_without_the_envelope_is_read_and_its_working_folder_path_resolved(bundle, tmp_path, monkeypatch):
     layout = BundleLayout(bundle)
+    store = layout.trace_store_path(layout.read_manifest()).resolve()
     meta = {k: v for k, v in layout.read_manifest().items()
             if k not in ("parts", "calibration", "trace_store_absolute")}
-    store = layout.trace_store_path(meta).resolve()
     monkeypatch.chdir(store.parent.parent)  # the old manifests stored the path as typed where `train` ran
     old = {**meta, "kind": "thinkctl-bundle", "trace_store": str(store.relative_to(store.parent.parent))}
     layout.manifest_path.write_text(json.dumps(old))
