@@ -18,6 +18,8 @@ import nbclient  # the dev extra installs nbclient, nbformat and ipykernel: CI m
 import nbformat
 import pytest
 
+from thinkctl.bundle import BundleLayout
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL_NAME = "thinkctl-test-python"
 #: Per-cell limit, far above need: each notebook takes one to two minutes on two cores (its collection cell most of it).
@@ -156,7 +158,7 @@ def test_calibration_report_notebook(tmp_path, kernel_dir, monkeypatch):
     report = json.loads(Path(res["report_json"]).read_text())
     assert "confidence probe (forced answer right)" in report["predictors"]
     assert all(Path(f).is_file() for f in res["figures"])
-    calibration = json.loads((Path(res["bundle"]) / "bundle.json").read_text())["calibration"]
+    calibration = BundleLayout(res["bundle"]).read_manifest()["calibration"]
     assert {k: calibration[k] for k in ("confidence_calibrator", "stop_threshold")} == \
         {"confidence_calibrator": res["chosen_calibrator"], "stop_threshold": ltt["threshold"]}
     assert calibration["stop_score"] in ("confidence", "1 - outlook", "max(confidence, 1 - kappa * outlook)")
@@ -166,7 +168,7 @@ def test_calibration_report_notebook(tmp_path, kernel_dir, monkeypatch):
 
 
 ROUTES = {"easy", "serial", "parallel"}
-#: Why a row's thinking or sampling ended (see thinkctl.controller.core and thinkctl.eval.evaluate).
+#: Why a row's thinking or sampling ended (see thinkctl.controller.reasons and thinkctl.eval.evaluate).
 STOP_REASONS = {"closed", "confident", "cap", "deadline", "eos", "settled", "budget"}
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator
 
-from thinkctl.calibration.bundle import (CalibrationConfig, bundle_report_entries, calibrate_bundle,
-                                         out_of_fold_logits)
+from thinkctl.bundle import CONFIDENCE_OOF, RISK_CONTROL, BundleLayout
+from thinkctl.calibration.bundle import (OOF_KIND, RISK_CONTROL_KIND, CalibrationConfig, bundle_report_entries,
+                                         calibrate_bundle, out_of_fold_logits)
 from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
 
 
@@ -30,6 +31,14 @@ def bundle(trained_bundle, tmp_path):
     return Path(shutil.copytree(trained_bundle, tmp_path / "bundle"))
 
 
+def manifest(bundle):
+    return BundleLayout(bundle).read_manifest()
+
+
+def risk_control(bundle):
+    return BundleLayout(bundle).read_document(RISK_CONTROL, RISK_CONTROL_KIND)
+
+
 SYNTH_POINTS = (8, 16, 24)  # the synthetic store's checkpoints are at 8, 16, 24, 32 thinking tokens
 
 
@@ -39,7 +48,7 @@ def test_calibration_report_and_threshold(bundle):
     cal, raw = rep["test_calibrated"]["ece"], rep["test_uncalibrated"]["ece"]
     assert cal["ci95"][0] <= cal["value"] <= cal["ci95"][1]
     assert cal["value"] < max(raw["value"], 0.1)
-    rc = json.loads((bundle / "calibration" / "risk_control.json").read_text())
+    rc = risk_control(bundle)
     lo = CalibrationConfig().thresholds[0]
     assert rc["threshold"] is not None and lo <= rc["threshold"] < 1
     es = rep["test_early_stopping"]
@@ -48,7 +57,7 @@ def test_calibration_report_and_threshold(bundle):
     assert rc["units"].startswith("problems (the greedy sample") and rc["method"] == "binomial"
     assert rc["n_calib_problems"] == rc["n_calib_samples"] == es["n_problems"] == es["n_samples"]
     assert rc["check_points"] == list(SYNTH_POINTS)
-    assert json.loads((bundle / "bundle.json").read_text())["calibration"]["stop_threshold"] == rc["threshold"]
+    assert manifest(bundle)["calibration"]["stop_threshold"] == rc["threshold"]
 
 
 def test_impossible_risk_gives_no_threshold_and_says_why(bundle):
@@ -83,10 +92,10 @@ def test_risk_is_certified_per_problem_not_per_sample(tmp_path, synthetic_store)
 
 
 def test_calibrators_are_fitted_on_calib_plus_cross_fitted_train_logits(bundle):
-    meta = json.loads((bundle / "bundle.json").read_text())
+    meta = manifest(bundle)
     rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=20, epsilon=0.2, delta=0.2, check_points=SYNTH_POINTS))
     data = rep["calibration_data"]
-    oof = json.loads((bundle / "calibration" / "confidence_oof.json").read_text())
+    oof = BundleLayout(bundle).read_document(CONFIDENCE_OOF, OOF_KIND)
     assert data["train_folds"] == 5 and oof["n"] == data["train_out_of_fold_checkpoints"] == len(oof["logits"]) > 0
     assert oof["layer"] == meta["confidence_layer"] and np.isfinite(oof["logits"]).all()
     # the report refits on the same data: calib checkpoints + the saved out-of-fold train logits
@@ -111,9 +120,9 @@ def test_calib_split_alone_when_cross_fitting_is_off(bundle):
 
 def test_a_stale_out_of_fold_file_is_refused(bundle):
     calibrate_bundle(bundle, CalibrationConfig(n_boot=20, train_folds=2, check_points=SYNTH_POINTS))
-    path = bundle / "calibration" / "confidence_oof.json"
-    doc = json.loads(path.read_text())
-    path.write_text(json.dumps({**doc, "n": doc["n"] + 1}))
+    layout = BundleLayout(bundle)
+    doc = layout.read_document(CONFIDENCE_OOF, OOF_KIND)
+    layout.write_document(CONFIDENCE_OOF, OOF_KIND, {**doc, "n": doc["n"] + 1})
     with pytest.raises(ValueError, match="rerun `thinkctl calibrate`"):
         bundle_report_entries(bundle)
 
@@ -202,13 +211,13 @@ def test_outlook_probe_is_calibrated_and_the_stop_score_chosen_on_train(tmp_path
     rep_t = train_predictors(TraceStore(store.path), tmp_path / "b", PredictorTrainingConfig(n_bootstrap=50))
     assert rep_t["outlook"]["test_auroc"]["value"] > 0.9  # the second coordinate says whether the final is right
     rep = calibrate_bundle(tmp_path / "b", CalibrationConfig(n_boot=20, epsilon=0.1, delta=0.1))
-    rc = json.loads((tmp_path / "b" / "calibration" / "risk_control.json").read_text())
+    rc = risk_control(tmp_path / "b")
     assert rc["score"] in STOP_SCORES and rc["score"] != "confidence"  # hopeless thinking is worth stopping here
     assert rc["check_points"] == [8, 16, 24, 32, 40]  # the store's grid: every 8 tokens up to max_new_tokens
     assert len(rep["outlook"]["train_saving_by_score"]) == len(STOP_SCORE_CANDIDATES)
     assert rep["outlook"]["train_out_of_fold"] is True
     # recompute the certified rule on calib from the saved artefacts: its losses pass the binomial test
-    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    meta = manifest(tmp_path / "b")
     ca = TraceStore(store.path).checkpoint_arrays(meta["confidence_layer"])
     c = load_calibrator(tmp_path / "b" / "calibration" / "confidence.json").predict_proba(
         HiddenStateProbe.load(tmp_path / "b" / "confidence_probe").decision_function(ca.X))
@@ -238,7 +247,7 @@ def test_retraining_without_an_outlook_leaves_no_stale_outlook(tmp_path, synthet
     assert "skipped" in rep["outlook"] and not (tmp_path / "b" / "outlook_probe").exists()
     calibrate_bundle(tmp_path / "b", CalibrationConfig(n_boot=20, epsilon=0.2, delta=0.2))
     assert not (tmp_path / "b" / "calibration" / "outlook.json").exists()
-    rc = json.loads((tmp_path / "b" / "calibration" / "risk_control.json").read_text())
+    rc = risk_control(tmp_path / "b")
     assert rc["score"] == "confidence" and rc["kappa"] is None
 
 
@@ -246,9 +255,76 @@ def test_the_blunt_easy_route_is_a_candidate_only_without_a_certified_stop_rule(
     from thinkctl.controller.routing import fit_bundle_routing
 
     calibrate_bundle(bundle, CalibrationConfig(n_boot=20, epsilon=0.2, delta=0.2, check_points=SYNTH_POINTS))
-    assert json.loads((bundle / "calibration" / "risk_control.json").read_text())["threshold"] is not None
+    assert risk_control(bundle)["threshold"] is not None
     table = fit_bundle_routing(bundle)
     assert "easy" not in table.meta["candidates"] and "serial" in table.meta["candidates"]
     assert all(r.kind != "easy" for r in table.routes)
     calibrate_bundle(bundle, replace(CalibrationConfig(n_boot=20, train_folds=0), epsilon=1e-4, delta=1e-3))
     assert "easy" in fit_bundle_routing(bundle).meta["candidates"]  # nothing certified: the cap is the only stop
+
+
+def test_the_trace_store_resolves_from_any_folder_and_moves_with_the_bundle(trained_bundle, bundle, tmp_path,
+                                                                             monkeypatch):
+    layout = BundleLayout(bundle)  # a copy of the bundle alone: the absolute path finds the original traces
+    meta = manifest(bundle)
+    assert not Path(meta["trace_store"]).is_absolute()  # relative to the bundle folder
+    assert layout.trace_store_path(meta) == Path(meta["trace_store_absolute"]) == (trained_bundle.parent / "traces")
+    # the bundle and its traces moved together (the original gone): the relative path finds them
+    shutil.copytree(trained_bundle.parent / "traces", tmp_path / "traces")
+    layout.write_manifest({**meta, "trace_store_absolute": str(tmp_path / "gone")})
+    meta = manifest(bundle)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert layout.trace_store_path(meta).resolve() == (tmp_path / "traces").resolve()
+    rep = calibrate_bundle(bundle, CalibrationConfig(n_boot=20, check_points=SYNTH_POINTS))
+    assert rep["risk_control"]["n_calib_problems"] == len(meta["split"]["calib"])
+
+
+def test_a_manifest_without_the_envelope_is_read_and_its_working_folder_path_resolved(bundle, tmp_path, monkeypatch):
+    layout = BundleLayout(bundle)
+    store = layout.trace_store_path(layout.read_manifest()).resolve()
+    meta = {k: v for k, v in layout.read_manifest().items()
+            if k not in ("parts", "calibration", "trace_store_absolute")}
+    monkeypatch.chdir(store.parent.parent)  # the old manifests stored the path as typed where `train` ran
+    old = {**meta, "kind": "thinkctl-bundle", "trace_store": str(store.relative_to(store.parent.parent))}
+    layout.manifest_path.write_text(json.dumps(old))
+    read = layout.read_manifest()
+    assert layout.trace_store_path(read).resolve() == store
+    calibrate_bundle(bundle, CalibrationConfig(n_boot=20, check_points=SYNTH_POINTS))  # rewrites it, enveloped
+    doc = json.loads(layout.manifest_path.read_text())
+    assert doc["format"] == "thinkctl.bundle" and doc["kind"] == "manifest"
+    assert (bundle / doc["state"]["trace_store"]).resolve() == store  # now relative to the bundle
+
+
+def test_a_missing_trace_store_says_where_it_was_looked_for(bundle):
+    layout = BundleLayout(bundle)
+    meta = {**layout.read_manifest(), "trace_store": "../nowhere", "trace_store_absolute": "/nowhere/traces"}
+    layout.write_manifest(meta)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        calibrate_bundle(bundle, CalibrationConfig(n_boot=20, check_points=SYNTH_POINTS))
+
+
+def test_retraining_without_recalibrating_is_refused_with_what_to_run(bundle, synthetic_store, tmp_path):
+    from thinkctl.controller.bundle import Bundle
+    from thinkctl.traces import TraceStore
+
+    calibrate_bundle(bundle, CalibrationConfig(n_boot=20, check_points=SYNTH_POINTS))
+    layout = BundleLayout(bundle)
+    assert layout.stale_parts(layout.read_manifest()) == []
+    store = TraceStore(layout.trace_store_path(layout.read_manifest()))
+    # another seed: other splits, other probes, while calibration/ still holds the old calibrators and threshold
+    train_predictors(store, bundle, PredictorTrainingConfig(n_bootstrap=20, seed=1))
+    stale = layout.stale_parts(layout.read_manifest())
+    assert stale and all(f"thinkctl calibrate {bundle}" in s for s in stale)
+    with pytest.raises(ValueError, match="thinkctl calibrate"):
+        Bundle.load(bundle, model=None)  # refused before the model is even looked at
+    calibrate_bundle(bundle, CalibrationConfig(n_boot=20, check_points=SYNTH_POINTS))
+    assert layout.stale_parts(layout.read_manifest()) == []
+    # a probe replaced by hand after calibration is caught by its fingerprint
+    shutil.rmtree(bundle / "outlook_probe", ignore_errors=True)
+    other = tmp_path / "other"
+    train_predictors(store, other, PredictorTrainingConfig(n_bootstrap=20, seed=2))
+    shutil.rmtree(bundle / "confidence_probe")
+    shutil.copytree(other / "confidence_probe", bundle / "confidence_probe")
+    assert any("another confidence_probe" in s for s in layout.stale_parts(layout.read_manifest()))

@@ -37,3 +37,23 @@ def counter():
     yield make
     for c in made:
         c.remove()
+
+
+@pytest.fixture(autouse=True)
+def reasons_are_declared(monkeypatch):
+    """Every controller call in these tests checks that each stop reason its traces record is a declared one."""
+    from thinkctl.controller import STOP_REASONS, AdaptiveController
+
+    chunked = AdaptiveController._chunked
+
+    def checked(self, *args, **kwargs):
+        results = chunked(self, *args, **kwargs)
+        for r in results:
+            for e in r.trace:
+                if e["event"] == "stop":
+                    assert e["reason"] in STOP_REASONS, e
+                elif e["event"] in ("vote", "best_of"):
+                    assert e["stop"] in STOP_REASONS, e
+        return results
+
+    monkeypatch.setattr(AdaptiveController, "_chunked", checked)

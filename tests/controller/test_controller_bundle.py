@@ -107,10 +107,10 @@ def test_reading_confidence_outside_the_certified_schedule_warns(tmp_path, model
                                                                            "check_points": [8, 16, 32, 64]}))
     c = AdaptiveController.load(tmp_path, model, tok, CFG)
     assert c.confidence.certified_at == (8, 16, 32, 64)
-    with caplog.at_level("WARNING", logger="thinkctl.controller.core"):
+    with caplog.at_level("WARNING", logger="thinkctl.controller.serial"):
         c.run_serial(["What is 2+3?"])  # CFG's schedule 8, 16, 32, 64: certified
     assert "guarantee does not cover" not in caplog.text
-    with caplog.at_level("WARNING", logger="thinkctl.controller.core"):
+    with caplog.at_level("WARNING", logger="thinkctl.controller.serial"):
         c.run_serial(["What is 2+3?"], budgets=[12, 24, 100])
     assert "guarantee does not cover" in caplog.text and "[12, 24]" in caplog.text
 
@@ -135,3 +135,35 @@ def test_load_wires_the_certified_outlook_and_refuses_a_missing_one(tmp_path, mo
     # a confidence-only certificate loads no outlook, even when an outlook probe is present
     (tmp_path / "calibration" / "risk_control.json").write_text(json.dumps({**risk, "score": "confidence"}))
     assert AdaptiveController.load(tmp_path, model, tok, CFG).outlook is None
+
+
+def test_a_bundle_without_its_routing_table_warns_and_says_what_to_run(tmp_path, model, tok, caplog):
+    write_bundle(tmp_path, 32)  # a difficulty probe, but no routing.json
+    with caplog.at_level("WARNING", logger="thinkctl.controller.bundle"):
+        c = AdaptiveController.load(tmp_path, model, tok, CFG)
+    assert c.routing is None
+    assert "no routing.json" in caplog.text and f"thinkctl calibrate {tmp_path}" in caplog.text
+    caplog.clear()
+    RoutingTable([], [Route("serial")]).save(tmp_path / "routing.json")
+    with caplog.at_level("WARNING", logger="thinkctl.controller.bundle"):
+        AdaptiveController.load(tmp_path, model, tok, CFG)
+    assert "routing.json" not in caplog.text
+
+
+def test_bundle_save_round_trips_every_part(tmp_path, model, tok):
+    from thinkctl.controller import Bundle
+
+    write_bundle(tmp_path / "a", 32, threshold=0.65)
+    (tmp_path / "a" / "calibration" / "risk_control.json").write_text(json.dumps({"threshold": 0.65,
+                                                                                 "check_points": [8, 16]}))
+    table = RoutingTable([0.5], [Route("parallel", 4), Route("serial")])
+    table.save(tmp_path / "a" / "routing.json")
+    a = Bundle.load(tmp_path / "a", model)
+    a.save(tmp_path / "b")
+    b = Bundle.load(tmp_path / "b", model)
+    assert b.routing == table and b.risk_control == a.risk_control
+    assert b.confidence.threshold == 0.65 and b.confidence.certified_at == (8, 16)
+    assert b.layout.stale_parts(b.manifest) == []
+    h = torch.randn(4, 32)
+    np.testing.assert_allclose(b.confidence(h), a.confidence(h), rtol=1e-6)
+    np.testing.assert_allclose(b.difficulty(h), a.difficulty(h), rtol=1e-6)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from thinkctl.bundle import BundleLayout
 from thinkctl.cli import main
 
 
@@ -22,7 +23,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
               "traces/config.json"):
         assert (out / f).is_file(), f
     ev = json.loads((out / "evaluate.json").read_text())
-    test_ids = json.loads((out / "bundle" / "bundle.json").read_text())["split"]["test"]
+    test_ids = BundleLayout(out / "bundle").read_manifest()["split"]["test"]
     assert set(ev["strategies"]) == {"fixed@32", "sc@2", "adaptive", "oracle"}
     for name, s in ev["strategies"].items():
         assert s["n"] == len(test_ids) and 0 <= s["accuracy"] <= 1 and s["ci95"][0] <= s["accuracy"] <= s["ci95"][1]

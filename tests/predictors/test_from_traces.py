@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
+from thinkctl.bundle import BundleLayout
 from thinkctl.predictors import HiddenStateProbe
 from thinkctl.predictors.from_traces import PredictorTrainingConfig, problem_split, train_predictors
 
@@ -31,7 +31,7 @@ def test_bundle_finds_the_informative_layer_and_reports_heldout_auroc(tmp_path, 
     assert rep["confidence"]["baseline_token_confidence_auroc"]["value"] < 0.7  # noise feature
     assert rep["difficulty"]["prompt_probe_test_auroc"]["value"] > 0.6
     assert rep["difficulty"]["lightgbm_test_auroc"]["value"] > 0.6
-    bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    bundle = BundleLayout(tmp_path / "bundle").read_manifest()
     assert bundle["confidence_layer"] == 1 and set(bundle["split"]) == {"train", "calib", "test"}
     probe = HiddenStateProbe.load(tmp_path / "bundle" / "confidence_probe")
     with pytest.raises(ValueError, match="toy-model|hidden"):

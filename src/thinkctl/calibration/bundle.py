@@ -35,8 +35,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,21 +43,23 @@ from thinkctl.calibration.calibrators import make_calibrator
 from thinkctl.calibration.metrics import (auroc, bootstrap_ci, brier_score, expected_calibration_error,
                                           negative_log_likelihood)
 from thinkctl.calibration.risk_control import (STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK, STOP_SCORE_OUTLOOK_ONLY,
-                                               _p_values, early_stopping_losses, learn_then_test,
+                                               Method, _p_values, early_stopping_losses, learn_then_test,
                                                min_calibration_size, stop_score)
-from thinkctl.controller.config import BUDGET_FACTOR, INITIAL_BUDGET
+from thinkctl.bundle import (CALIBRATION_DIR, CALIBRATION_REPORT, CONFIDENCE_CALIBRATOR, CONFIDENCE_OOF,
+                             CONFIDENCE_PROBE, DIFFICULTY_PROBE, OUTLOOK_CALIBRATOR, OUTLOOK_PROBE, RISK_CONTROL,
+                             BundleLayout)
 from thinkctl.traces.store import CheckpointArrays, TraceStore
 
 __all__ = ["CalibrationConfig", "calibrate_bundle", "checkpoint_matrix", "bundle_report_entries", "choose_calibrator",
-           "out_of_fold_logits", "CONTROLLER_SCHEDULE", "StopRuleUnits", "stop_rule_units",
+           "out_of_fold_logits", "StopRuleUnits", "stop_rule_units", "RISK_CONTROL_KIND", "OOF_KIND",
            "checkpoint_grid", "threshold_grid", "most_losses_certifiable", "early_stopping_figures", "OUTLOOK_PROBE",
            "choose_stop_score", "KAPPA_GRID", "STOP_SCORE_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
 
-#: The controller's default thinking budgets B0 * factor**k (see :class:`thinkctl.controller.ControllerConfig`),
-#: far enough to cover any recorded trace.
-CONTROLLER_SCHEDULE = tuple(INITIAL_BUDGET * BUDGET_FACTOR ** k for k in range(12))
+#: Envelope kinds of the calibration parts of a bundle (see :mod:`thinkctl.bundle`).
+RISK_CONTROL_KIND = "risk_control"
+OOF_KIND = "out_of_fold_logits"
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class CalibrationConfig:
     n_bins: int = 15
     epsilon: float = 0.02
     delta: float = 0.1
-    method: str = "binomial"
+    method: Method = "binomial"
     thresholds: tuple[float, float, int] = (0.05, 0.995, 190)  # linspace(start, stop, num); fixed-sequence testing
     #                                                          from the top, so a finer, wider grid costs no validity
     n_boot: int = 1000
@@ -128,11 +129,13 @@ def checkpoint_matrix(sample: np.ndarray, values: np.ndarray, fill: float = np.n
 
 
 def _metrics(y: np.ndarray, p: np.ndarray, cfg: CalibrationConfig, groups_seed: int) -> dict[str, Any]:
-    def ece(yt: np.ndarray, pp: np.ndarray) -> float:
+    def ece(yt: Any, pp: Any) -> float:
         return expected_calibration_error(yt, pp, n_bins=cfg.n_bins)
 
     out = {}
-    for name, fn in (("ece", ece), ("brier", brier_score), ("nll", negative_log_likelihood), ("auroc", auroc)):
+    scores: tuple[tuple[str, Callable[[Any, Any], float]], ...] = (
+        ("ece", ece), ("brier", brier_score), ("nll", negative_log_likelihood), ("auroc", auroc))
+    for name, fn in scores:
         point, lo, hi = bootstrap_ci(fn, y, p, n_boot=cfg.n_boot, seed=groups_seed)
         out[name] = {"value": float(point), "ci95": [float(lo), float(hi)]}
     return out
@@ -151,13 +154,10 @@ def choose_calibrator(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
             c = make_calibrator(name).fit(x[fit_m], y[fit_m])
             oof[pred_m] = c.predict_proba(x[pred_m])
         cv[name] = float(brier_score(y, oof))
-    best = min(cv, key=cv.get)
+    best = min(cv, key=lambda k: cv[k])
     return best, cv, make_calibrator(best).fit(x, y)
 
 
-OOF_FILE = "confidence_oof.json"
-#: Folder of the outlook probe in a bundle (written by ``thinkctl train``).
-OUTLOOK_PROBE = "outlook_probe"
 #: Stop-score candidates tried on the train split: the confidence alone, the outlook alone, and both at these
 #: exchange rates ``kappa`` (see :func:`~thinkctl.calibration.risk_control.stop_score`).
 KAPPA_GRID = tuple(float(k) for k in np.geomspace(1e-2, 1e2, 9))
@@ -292,17 +292,17 @@ def _fit_arrays(meta: dict[str, Any], ca: CheckpointArrays, logits: np.ndarray,
             np.concatenate([ca.groups[train], ca.groups[cal]]))
 
 
-def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, logits: np.ndarray, probe: Any,
+def _calibration_data(layout: BundleLayout, meta: dict[str, Any], ca: CheckpointArrays, logits: np.ndarray, probe: Any,
                       cfg: CalibrationConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Logits, labels and problem ids the calibrators are fitted on: the calib split's checkpoints and, with
     ``cfg.train_folds``, the train split's out-of-fold logits (computed and saved into the existing
-    ``bdir / "calibration"``)."""
+    calibration folder of ``layout``)."""
     y = ca.y.astype(int)
     cal = np.isin(ca.groups, meta["split"]["calib"])
     train = np.isin(ca.groups, meta["split"]["train"])
     info: dict[str, Any] = {"calib_checkpoints": int(cal.sum()), "train_folds": cfg.train_folds,
                             "train_out_of_fold_checkpoints": 0}
-    (bdir / "calibration" / OOF_FILE).unlink(missing_ok=True)  # a previous run's logits must not outlive its fit
+    layout.path(CONFIDENCE_OOF).unlink(missing_ok=True)  # a previous run's logits must not outlive its fit
     if not cfg.train_folds or not train.any():
         return (*_fit_arrays(meta, ca, logits, None), info)
     logger.info("cross-fitting the confidence probe on %d train checkpoints (%d folds by problem)",
@@ -313,22 +313,22 @@ def _calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays, lo
         logger.warning("cannot cross-fit the train split (%s); calibrating on the calib split alone", exc)
         info["train_out_of_fold_error"] = str(exc)
         return (*_fit_arrays(meta, ca, logits, None), info)
-    (bdir / "calibration" / OOF_FILE).write_text(json.dumps({
-        "kind": "thinkctl-out-of-fold-logits", "model": meta["model"]["name"], "layer": meta["confidence_layer"],
-        "train_folds": cfg.train_folds, "seed": cfg.seed, "n": int(train.sum()), "logits": oof.tolist()}))
+    layout.write_document(CONFIDENCE_OOF, OOF_KIND, {
+        "model": meta["model"]["name"], "layer": meta["confidence_layer"],
+        "train_folds": cfg.train_folds, "seed": cfg.seed, "n": int(train.sum()), "logits": oof.tolist()})
     info["train_out_of_fold_checkpoints"] = int(train.sum())
     return (*_fit_arrays(meta, ca, logits, oof), info)
 
 
-def _saved_calibration_data(bdir: Path, meta: dict[str, Any], ca: CheckpointArrays,
+def _saved_calibration_data(layout: BundleLayout, meta: dict[str, Any], ca: CheckpointArrays,
                             logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The calibrators' data as :func:`calibrate_bundle` last fitted them (calib, plus saved out-of-fold logits)."""
-    path = bdir / "calibration" / OOF_FILE
+    path = layout.path(CONFIDENCE_OOF)
     train_logits = None
     if path.is_file():
-        doc = json.loads(path.read_text())
+        doc = layout.read_document(CONFIDENCE_OOF, OOF_KIND)
         n_train = int(np.isin(ca.groups, meta["split"]["train"]).sum())
-        if (doc.get("kind") != "thinkctl-out-of-fold-logits" or doc.get("n") != n_train
+        if (doc.get("n") != n_train
                 or doc.get("layer") != meta["confidence_layer"]):
             raise ValueError(f"{path} does not match this bundle's train split or confidence layer; rerun "
                              "`thinkctl calibrate` on the bundle")
@@ -342,13 +342,10 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str],
     """Calibrate the bundle in ``bundle_dir`` in place; return the report (also ``calibration_report.json``)."""
     from thinkctl.predictors.probe import HiddenStateProbe
 
-    bdir = Path(bundle_dir)
-    meta_path = bdir / "bundle.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{bdir} is not a bundle (no bundle.json); create one with `thinkctl train`")
-    meta = json.loads(meta_path.read_text())
-    store = TraceStore(meta["trace_store"])
-    probe = HiddenStateProbe.load(bdir / "confidence_probe")
+    layout = BundleLayout(bundle_dir)
+    meta = layout.read_manifest()
+    store = TraceStore(layout.trace_store_path(meta))
+    probe = HiddenStateProbe.load(layout.path(CONFIDENCE_PROBE))
     ca = store.checkpoint_arrays(meta["confidence_layer"])
     logits = probe.decision_function(ca.X)
     y = ca.y.astype(int)
@@ -356,10 +353,10 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str],
     test = np.isin(ca.groups, meta["split"]["test"])
 
     # 1. choose the calibrator by grouped cross-validation on the calibration data (calib + out-of-fold train)
-    (bdir / "calibration").mkdir(exist_ok=True)
-    fit_x, fit_y, fit_groups, data_info = _calibration_data(bdir, meta, ca, logits, probe, cfg)
+    layout.path(CALIBRATION_DIR).mkdir(exist_ok=True)
+    fit_x, fit_y, fit_groups, data_info = _calibration_data(layout, meta, ca, logits, probe, cfg)
     best, cv, calibrator = choose_calibrator(fit_x, fit_y, fit_groups, cfg)
-    calibrator.save(bdir / "calibration" / "confidence.json",
+    calibrator.save(layout.path(CONFIDENCE_CALIBRATOR),
                     metadata={"model": meta["model"]["name"], "layer": meta["confidence_layer"]})
     p_raw = 1.0 / (1.0 + np.exp(-logits))
     p_cal = calibrator.predict_proba(logits)
@@ -367,16 +364,16 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str],
     # 2. the outlook probe's calibrator (calib problems), and the stop score the rule reads, chosen on train
     points = checkpoint_grid(store) if cfg.check_points is None else tuple(cfg.check_points)
     score_name, kappa, score, outlook_info = STOP_SCORE_CONFIDENCE, None, p_cal, None
-    (bdir / "calibration" / "outlook.json").unlink(missing_ok=True)
-    if (bdir / OUTLOOK_PROBE).is_dir():
-        outlook = HiddenStateProbe.load(bdir / OUTLOOK_PROBE)
+    layout.path(OUTLOOK_CALIBRATOR).unlink(missing_ok=True)
+    if layout.path(OUTLOOK_PROBE).is_dir():
+        outlook = HiddenStateProbe.load(layout.path(OUTLOOK_PROBE))
         if outlook.layer is not None and int(outlook.layer) != int(meta["confidence_layer"]):
-            raise ValueError(f"{bdir / OUTLOOK_PROBE} reads layer {outlook.layer} but the confidence probe reads "
+            raise ValueError(f"{layout.path(OUTLOOK_PROBE)} reads layer {outlook.layer} but the confidence probe reads "
                              f"{meta['confidence_layer']}; retrain the bundle with `thinkctl train`")
         o_logits = outlook.decision_function(ca.X)
         final = ca.final_correct.astype(int)
         o_name, o_cv, o_cal = choose_calibrator(o_logits[cal], final[cal], ca.groups[cal], cfg)
-        o_cal.save(bdir / "calibration" / "outlook.json",
+        o_cal.save(layout.path(OUTLOOK_CALIBRATOR),
                    metadata={"model": meta["model"]["name"], "layer": meta["confidence_layer"]})
         p_out = o_cal.predict_proba(o_logits)
         # choose the score on train, from probes that never saw the problem they score (out of fold)
@@ -413,7 +410,8 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str],
                 if method == "binomial" else None,
                 "threshold": None if ltt.chosen is None else float(ltt.chosen), "reason": ltt.reason,
                 "n_valid_thresholds": int(len(ltt.valid_thresholds))}
-    (bdir / "calibration" / "risk_control.json").write_text(json.dumps(risk_doc, indent=2))
+    layout.write_document(RISK_CONTROL, RISK_CONTROL_KIND, risk_doc,
+                          metadata={"model": meta["model"]["name"], "layer": meta["confidence_layer"]})
 
     # 4. held-out test figures
     report: dict[str, Any] = {
@@ -430,9 +428,11 @@ def calibrate_bundle(bundle_dir: str | os.PathLike[str],
                                                                float(ltt.chosen))
     meta["calibration"] = {"confidence_calibrator": best, "stop_threshold": risk_doc["threshold"],
                            "stop_score": risk_doc["score"], "kappa": kappa,
-                           "outlook_calibrator": None if outlook_info is None else outlook_info["calibrator"]}
-    (bdir / "calibration_report.json").write_text(json.dumps(report, indent=2))
-    meta_path.write_text(json.dumps(meta, indent=2))
+                           "outlook_calibrator": None if outlook_info is None else outlook_info["calibrator"],
+                           "made_for": {name: fp for name, fp in layout.probe_fingerprints().items()
+                                        if name != DIFFICULTY_PROBE}}
+    layout.path(CALIBRATION_REPORT).write_text(json.dumps(report, indent=2))
+    layout.write_manifest(meta)
     return report
 
 
@@ -481,18 +481,18 @@ def stop_rule_units(ca: CheckpointArrays, p_cal: np.ndarray, mask: np.ndarray,
         on &= np.isin(ca.position, np.asarray(check_points))
     conf, ids = checkpoint_matrix(ca.sample[on], p_cal[on]) if on.any() else (np.full((0, 1), np.nan), samples[:0])
     C = np.full((len(samples), conf.shape[1]), np.nan)
-    O, F, P = np.zeros_like(C), np.ones_like(C), np.zeros_like(C)
+    ok, F, P = np.zeros_like(C), np.ones_like(C), np.zeros_like(C)
     if len(ids):
         rows = np.searchsorted(samples, ids)
         C[rows] = conf
-        O[rows] = checkpoint_matrix(ca.sample[on], ca.y[on].astype(float), fill=0.0)[0]
+        ok[rows] = checkpoint_matrix(ca.sample[on], ca.y[on].astype(float), fill=0.0)[0]
         F[rows] = checkpoint_matrix(ca.sample[on], ca.fraction[on], fill=1.0)[0]
         P[rows] = checkpoint_matrix(ca.sample[on], ca.position[on].astype(float), fill=0.0)[0]
     final = ca.final_correct[first].astype(bool)
     # the natural thinking length: position / fraction of any of the sample's checkpoints
     n_thinking = np.rint(ca.position[first] / np.maximum(ca.fraction[first], 1e-12))
     problem_of = np.searchsorted(problems, ca.groups[first])  # problems is sorted (np.unique)
-    return StopRuleUnits(C, O, F, P, n_thinking, final, problem_of, problems, use_greedy)
+    return StopRuleUnits(C, ok, F, P, n_thinking, final, problem_of, problems, use_greedy)
 
 
 def bundle_report_entries(bundle_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -501,21 +501,21 @@ def bundle_report_entries(bundle_dir: str | os.PathLike[str]) -> dict[str, dict[
     :func:`calibrate_bundle` cross-fitted them) and test problems (to measure)."""
     from thinkctl.predictors.probe import HiddenStateProbe
 
-    bdir = Path(bundle_dir)
-    meta = json.loads((bdir / "bundle.json").read_text())
-    store = TraceStore(meta["trace_store"])
+    layout = BundleLayout(bundle_dir)
+    meta = layout.read_manifest()
+    store = TraceStore(layout.trace_store_path(meta))
     split = meta["split"]
     entries: dict[str, dict[str, Any]] = {}
     ca = store.checkpoint_arrays(meta["confidence_layer"])
-    logits = HiddenStateProbe.load(bdir / "confidence_probe").decision_function(ca.X)
-    fit_x, fit_y = _saved_calibration_data(bdir, meta, ca, logits)
+    logits = HiddenStateProbe.load(layout.path(CONFIDENCE_PROBE)).decision_function(ca.X)
+    fit_x, fit_y = _saved_calibration_data(layout, meta, ca, logits)
     test = np.isin(ca.groups, split["test"])
     entries["confidence probe (forced answer right)"] = {
         "y_true": fit_y, "scores": fit_x, "y_true_test": ca.y[test].astype(int),
         "scores_test": logits[test], "score_type": "logit"}
-    if (bdir / "difficulty_probe").is_dir():
+    if layout.path(DIFFICULTY_PROBE).is_dir():
         sa = store.sample_arrays(meta["confidence_layer"])
-        dl = HiddenStateProbe.load(bdir / "difficulty_probe").decision_function(sa.X)
+        dl = HiddenStateProbe.load(layout.path(DIFFICULTY_PROBE)).decision_function(sa.X)
         cal, test = np.isin(sa.groups, split["calib"]), np.isin(sa.groups, split["test"])
         entries["difficulty probe (one sample solves)"] = {
             "y_true": sa.y[cal].astype(int), "scores": dl[cal], "y_true_test": sa.y[test].astype(int),

@@ -72,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
               f"{es['thinking_tokens_full_mean']:.1f} -> {es['thinking_tokens_stopped_mean']:.1f} tokens "
               f"({100 * es['thinking_saved_fraction']:.1f} % saved), accuracy {es['accuracy_full']:.3f} -> "
               f"{es['accuracy_stopped']:.3f} ({es['n_problems']} problems)")
-    from pathlib import Path
+    from thinkctl.bundle import DIFFICULTY_PROBE, BundleLayout
 
-    if not args.no_routing and (Path(args.bundle) / "difficulty_probe").is_dir():
+    if not args.no_routing and BundleLayout(args.bundle).path(DIFFICULTY_PROBE).is_dir():
         from thinkctl.controller.routing import fit_bundle_routing, routing_summary
 
         table = fit_bundle_routing(args.bundle, token_budget_multiple=args.route_budget)

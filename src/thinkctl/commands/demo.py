@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     import thinkctl
+    from thinkctl.bundle import BundleLayout
     from thinkctl.calibration.bundle import CalibrationConfig, bundle_report_entries, calibrate_bundle
     from thinkctl.calibration.report import calibration_report
     from thinkctl.commands.evaluate import format_table
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
     bundle = out / "bundle"
     stage("train predictors")
-    if not (bundle / "bundle.json").is_file():
+    if not BundleLayout(bundle).is_bundle():
         train_predictors(store, bundle, split_cfg)
     train = json.loads((bundle / "train_report.json").read_text())
     stage("calibrate (calibrators, Learn-then-Test stop rule, routing table)")
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     calibration_report(entries, out / "report", title=f"thinkctl demo: {args.task} on {model_id(model)}")
 
     stage("evaluate the controller against the baselines on the held-out test problems")
-    test_ids = set(json.loads((bundle / "bundle.json").read_text())["split"]["test"])
+    test_ids = set(BundleLayout(bundle).read_manifest()["split"]["test"])
     held_out = [p for p in problems if p.id in test_ids]
     controller = AdaptiveController.load(bundle, model, tokenizer, ctl_cfg, task=task)
     from tqdm.auto import tqdm
@@ -260,12 +261,13 @@ def _reliability_png(bundle: Path, entries: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from thinkctl.bundle import CONFIDENCE_CALIBRATOR, BundleLayout
     from thinkctl.calibration.calibrators import load_calibrator
     from thinkctl.calibration.plotting import reliability_diagram
 
     entry = next(iter(entries.values()))
     y, logits = entry["y_true_test"], entry["scores_test"]
-    calibrator = load_calibrator(bundle / "calibration" / "confidence.json")
+    calibrator = load_calibrator(BundleLayout(bundle).path(CONFIDENCE_CALIBRATOR))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     reliability_diagram(y, 1.0 / (1.0 + np.exp(-logits)), ax=axes[0], label="probe (sigmoid)")
     axes[0].set_title("confidence probe, uncalibrated")

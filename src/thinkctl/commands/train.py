@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     rep = train_predictors(TraceStore(args.traces), args.out, cfg)
     c = rep["confidence"]
     a = c["test_auroc"]
-    print(f"confidence probe (layer {c['layer']}): test AUROC {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]")
+    print(f"confidence probe (layer {c['layer']}): test AUROC {a['value']:.3f} "
+          f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]")
     d = rep["difficulty"]
     for key in ("prompt_probe_test_auroc", "lightgbm_test_auroc"):
         if key in d:

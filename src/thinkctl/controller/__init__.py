@@ -15,10 +15,16 @@ Examples
 >>> results[0].answer, results[0].confidence, results[0].tokens, results[0].trace  # doctest: +SKIP
 """
 
+from thinkctl.controller.bundle import Bundle, load_bundle_predictors
 from thinkctl.controller.config import ControllerConfig
-from thinkctl.controller.core import AdaptiveController, ControllerResult, DeepConfOnline
-from thinkctl.controller.predictors import HiddenStatePredictor, Outlook, load_bundle_predictors
+from thinkctl.controller.core import AdaptiveController
+from thinkctl.controller.parallel import DeepConfOnline
+from thinkctl.controller.predictors import HiddenStatePredictor, Outlook
+from thinkctl.controller.reasons import STOP_REASONS, StopReason
+from thinkctl.controller.result import ControllerResult
+from thinkctl.controller.seeding import sample_seed
 from thinkctl.controller.strategies import STRATEGIES, get_strategy
 
-__all__ = ["AdaptiveController", "ControllerConfig", "ControllerResult", "DeepConfOnline", "HiddenStatePredictor",
-           "Outlook", "load_bundle_predictors", "STRATEGIES", "get_strategy"]
+__all__ = ["AdaptiveController", "Bundle", "ControllerConfig", "ControllerResult", "DeepConfOnline",
+           "HiddenStatePredictor", "Outlook", "load_bundle_predictors", "STRATEGIES", "get_strategy", "StopReason",
+           "STOP_REASONS", "sample_seed"]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 __all__ = ["ControllerConfig", "STRATEGY_KINDS",
            "TOKEN_CAP", "INITIAL_BUDGET", "BUDGET_FACTOR", "MAX_ANSWER_TOKENS", "MAX_SAMPLES", "WAVE_SIZE",
-           "TEMPERATURE", "EASY_CAP", "EASY_ABOVE", "HARD_BELOW", "PROMPT_BATCH", "MAX_ROWS", "CONFIDENCE_WINDOW", "CONFIDENCE_TOP_K"]
+           "TEMPERATURE", "EASY_CAP", "EASY_ABOVE", "HARD_BELOW", "PROMPT_BATCH", "MAX_ROWS", "CONFIDENCE_WINDOW",
+           "CONFIDENCE_TOP_K"]
 
 #: Strategies the router may choose between.
 STRATEGY_KINDS = ("easy", "serial", "parallel")

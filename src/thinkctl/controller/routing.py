@@ -24,6 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from thinkctl.bundle import (CALIBRATION_DIR, DIFFICULTY_CALIBRATOR, DIFFICULTY_PROBE, RISK_CONTROL, ROUTING,
+                             BundleLayout, fingerprint)
+
 __all__ = ["Route", "RoutingTable", "RouteEstimates", "estimate_routes", "fit_routing_table", "fit_bundle_routing",
            "routing_summary"]
 
@@ -267,6 +270,7 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     stop rule: the certified serial route already stops early, with a bound on what that loses.
     Writes ``routing.json`` into the bundle and returns the table.
     """
+    from thinkctl.calibration.bundle import RISK_CONTROL_KIND
     from thinkctl.calibration.calibrators import make_calibrator
     from thinkctl.controller.config import ControllerConfig
     from thinkctl.predictors.probe import HiddenStateProbe
@@ -275,13 +279,13 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     cfg = config if config is not None else ControllerConfig()
     if token_budget_multiple <= 0:
         raise ValueError(f"token_budget_multiple={token_budget_multiple} must be positive")
-    bdir = Path(bundle_dir)
-    meta = json.loads((bdir / "bundle.json").read_text())
-    if not (bdir / "difficulty_probe").is_dir():
-        raise FileNotFoundError(f"{bdir} has no difficulty_probe; `thinkctl train` writes one when the traces hold "
-                                "prompt states")
-    store = TraceStore(meta["trace_store"])
-    probe = HiddenStateProbe.load(bdir / "difficulty_probe")
+    layout = BundleLayout(bundle_dir)
+    meta = layout.read_manifest()
+    if not layout.path(DIFFICULTY_PROBE).is_dir():
+        raise FileNotFoundError(f"{layout.root} has no {DIFFICULTY_PROBE}; `thinkctl train` writes one when the "
+                                "traces hold prompt states")
+    store = TraceStore(layout.trace_store_path(meta))
+    probe = HiddenStateProbe.load(layout.path(DIFFICULTY_PROBE))
     layer = int(probe.layer) if probe.layer is not None else int(meta["confidence_layer"])
     sa = store.sample_arrays(layer)
     calib = set(meta["split"]["calib"])
@@ -291,8 +295,8 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
                          "(collect more problems)")
     logits = probe.decision_function(sa.X)
     cal = make_calibrator("platt").fit(logits[mask], sa.y[mask].astype(int))
-    (bdir / "calibration").mkdir(exist_ok=True)
-    cal.save(bdir / "calibration" / "difficulty.json", metadata={"model": meta["model"]["name"], "layer": layer})
+    layout.path(CALIBRATION_DIR).mkdir(exist_ok=True)
+    cal.save(layout.path(DIFFICULTY_CALIBRATOR), metadata={"model": meta["model"]["name"], "layer": layer})
     p = cal.predict_proba(logits)
     p_solve: dict[str, float] = {}
     for g, v in zip(sa.groups[mask], p[mask]):
@@ -305,8 +309,8 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     # with a certified stop rule the serial route already ends thinking early, under a guarantee; the easy route's
     # blunt cap would only add losses that nothing bounds (on the embedded model it cut long modeq searches that the
     # serial route answers), so it is a candidate only when no stop rule was certified
-    risk_path = bdir / "calibration" / "risk_control.json"
-    certified = risk_path.is_file() and json.loads(risk_path.read_text()).get("threshold") is not None
+    certified = (layout.has(RISK_CONTROL)
+                 and layout.read_document(RISK_CONTROL, RISK_CONTROL_KIND).get("threshold") is not None)
     easy = None if certified else max(1, cfg.thinking_cap(cfg.easy_cap, marker))
     est = estimate_routes(store.samples(), p_solve, easy_thinking=easy,
                           serial_thinking=max(1, cfg.thinking_cap(cfg.token_cap, marker)), seed=seed)
@@ -314,5 +318,7 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     table = fit_routing_table(est, token_budget=token_budget_multiple * float(serial), n_bins=n_bins)
     table.meta.update({"token_budget_multiple": token_budget_multiple, "difficulty_layer": layer,
                        "fitted_on": "calib split", "trace_temperature": store.config["collect"].get("temperature")})
-    table.save(bdir / "routing.json")
+    table.save(layout.path(ROUTING))
+    meta["routing_made_for"] = {DIFFICULTY_PROBE: fingerprint(layout.path(DIFFICULTY_PROBE))}
+    layout.write_manifest(meta)
     return table

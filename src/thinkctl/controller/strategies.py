@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from thinkctl.controller.core import AdaptiveController, ControllerResult
+from thinkctl.controller.core import AdaptiveController
+from thinkctl.controller.parallel import DeepConfOnline
+from thinkctl.controller.result import ControllerResult
 from thinkctl.voting import BetaStopping, WindowUnanimityStopping
 from thinkctl.registry import Registry
 
@@ -108,8 +110,6 @@ def _dynasor(param: int | None, name: str) -> Strategy:
 
 @STRATEGIES.register("deepconf")
 def _deepconf(param: int | None, name: str) -> Strategy:
-    from thinkctl.controller.core import DeepConfOnline
-
     def run(controller: AdaptiveController, prompts: Sequence[str]) -> list[ControllerResult]:
         return controller.run_parallel(prompts, max_samples=param, name=name, deepconf=DeepConfOnline())
 

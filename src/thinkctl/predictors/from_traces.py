@@ -20,11 +20,13 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from thinkctl import __version__
+from thinkctl.bundle import (CONFIDENCE_PROBE, DIFFICULTY_LGBM, DIFFICULTY_PROBE, LAYER_SWEEP_PLOT, OUTLOOK_PROBE,
+                             TRAIN_REPORT, BundleLayout)
 from thinkctl.predictors.bootstrap import auroc_ci
 from thinkctl.predictors.difficulty import DifficultyModel
 from thinkctl.predictors.layer_sweep import layer_sweep, plot_layer_sweep
@@ -44,7 +46,7 @@ class PredictorTrainingConfig:
     seed: int = 0
     calib_fraction: float = 0.25
     test_fraction: float = 0.25
-    probe_kind: str = "linear"
+    probe_kind: Literal["linear", "mlp"] = "linear"
     n_bootstrap: int = 1000
 
     def __post_init__(self) -> None:
@@ -70,11 +72,13 @@ def _mask(groups: np.ndarray, ids: list[str]) -> np.ndarray:
 
 def train_predictors(store: TraceStore, out_dir: str | os.PathLike[str],
                      cfg: PredictorTrainingConfig = PredictorTrainingConfig()) -> dict[str, Any]:
-    """Fit the bundle's predictors from ``store`` into ``out_dir``; return the report (also in ``train_report.json``)."""
+    """Fit the bundle's predictors from ``store`` into ``out_dir``; return the report (also in
+    ``train_report.json``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    layout = BundleLayout(out)
     meta = store.config
-    model_name, hidden = meta["model"]["name"], meta["model"]["hidden_size"]
+    model_name = meta["model"]["name"]
     rows = store.samples()
     split = problem_split([r["problem_id"] for r in rows], cfg)
     report: dict[str, Any] = {"thinkctl_version": __version__, "model": meta["model"], "config": asdict(cfg),
@@ -110,7 +114,7 @@ def train_predictors(store: TraceStore, out_dir: str | os.PathLike[str],
     conf_report["baseline_position_fraction_auroc"] = auroc_ci(first.y[te], first.fraction[te],
                                                                groups=first.groups[te],
                                                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
-    probe.save(out / "confidence_probe")
+    probe.save(layout.path(CONFIDENCE_PROBE))
     report["confidence"] = conf_report
 
     # -- outlook: at the same layer and checkpoints, "the sample's own final answer will be right" ----------------
@@ -125,18 +129,18 @@ def train_predictors(store: TraceStore, out_dir: str | os.PathLike[str],
             "test_auroc": auroc_ci(final[te], outlook.predict_proba(by_layer[best].X[te]), groups=first.groups[te],
                                    n_bootstrap=cfg.n_bootstrap, seed=cfg.seed),
             "test_positive_rate": float(final[te].mean())}
-        outlook.save(out / "outlook_probe")
+        outlook.save(layout.path(OUTLOOK_PROBE))
     else:
         report["outlook"] = {"skipped": "one split holds a single class (every final answer right or every one wrong)"}
-        if (out / "outlook_probe").is_dir():  # a previous training's probe must not outlive this one
-            shutil.rmtree(out / "outlook_probe")
+        if layout.path(OUTLOOK_PROBE).is_dir():  # a previous training's probe must not outlive this one
+            shutil.rmtree(layout.path(OUTLOOK_PROBE))
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         ax = plot_layer_sweep(sweep)
-        ax.figure.savefig(out / "layer_sweep.png", dpi=110, bbox_inches="tight")
+        ax.figure.savefig(layout.path(LAYER_SWEEP_PLOT), dpi=110, bbox_inches="tight")
         plt.close(ax.figure)
     except (ImportError, ValueError, KeyError) as exc:  # a plot is a nicety; never lose the bundle over it
         logger.warning("layer-sweep plot not written: %s", exc)
@@ -151,7 +155,7 @@ def train_predictors(store: TraceStore, out_dir: str | os.PathLike[str],
         diff["prompt_probe_test_auroc"] = auroc_ci(samp.y[s_te], dprobe.predict_proba(samp.X[s_te]),
                                                    groups=samp.groups[s_te], n_bootstrap=cfg.n_bootstrap,
                                                    seed=cfg.seed)
-        dprobe.save(out / "difficulty_probe")
+        dprobe.save(layout.path(DIFFICULTY_PROBE))
         # LightGBM on the query: one row per problem, target = fraction of its samples solved
         by_pid: dict[str, dict[str, Any]] = {}
         for r in rows:
@@ -166,13 +170,13 @@ def train_predictors(store: TraceStore, out_dir: str | os.PathLike[str],
         diff["lightgbm_test_auroc"] = auroc_ci(np.array([r["correct"] for r in test_rows]), p_solve,
                                                groups=np.array([r["problem_id"] for r in test_rows]),
                                                n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
-        lgbm.save(out / "difficulty_lgbm", metadata={"model_name": model_name})
+        lgbm.save(layout.path(DIFFICULTY_LGBM), metadata={"model_name": model_name})
     else:
         diff["skipped"] = "one split holds a single class (every sample right or every sample wrong)"
     report["difficulty"] = diff
-    bundle = {"kind": "thinkctl-bundle", "thinkctl_version": __version__, "model": meta["model"],
-              "task": meta["collect"]["task"], "trace_store": str(store.path), "split": split,
-              "confidence_layer": best, "collect": meta["collect"]}
-    (out / "bundle.json").write_text(json.dumps(bundle, indent=2))
-    (out / "train_report.json").write_text(json.dumps(report, indent=2, default=float))
+    layout.write_manifest({"model": meta["model"], "task": meta["collect"]["task"],
+                           **layout.store_reference(store.path), "split": split,
+                           "confidence_layer": best, "collect": meta["collect"],
+                           "parts": layout.probe_fingerprints()})
+    layout.path(TRAIN_REPORT).write_text(json.dumps(report, indent=2, default=float))
     return report
