@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "thinkctl"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("jsonl", "registry", "persistence", "voting", "stats", "devices"),
+    ("jsonl", "registry", "persistence", "voting", "stats", "devices", "bundle"),
     ("tasks",),
     ("generation",),
     ("embedded",),
@@ -35,9 +35,6 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
-#: Upward edges tolerated for now, each with its reason. calibration/bundle.py still reads the controller's
-#: configuration; that edge is being removed in a parallel restructuring of the controller and the bundle.
-ALLOWED_VIOLATIONS: set[tuple[str, str]] = {("calibration", "controller")}
 
 
 def _part(module: str) -> str:
@@ -82,7 +79,7 @@ def imports_of(path: Path, src: Path = SRC) -> list[tuple[str, int]]:
 
 
 def upward_imports(src: Path = SRC) -> list[str]:
-    """``file:line: a (layer) imports b (layer)`` for every import of a higher layer not in ALLOWED_VIOLATIONS."""
+    """``file:line: a (layer) imports b (layer)`` for every import of a higher layer."""
     problems = []
     for path in sorted((src / "thinkctl").rglob("*.py")):
         module, _ = _module_name(path, src)
@@ -96,7 +93,7 @@ def upward_imports(src: Path = SRC) -> list[str]:
             dest = _part(target)
             if dest not in LAYER_OF:
                 problems.append(f"{path}:{line}: imports {target}, which has no layer; add it to LAYERS")
-            elif LAYER_OF[dest] > LAYER_OF[source] and (source, dest) not in ALLOWED_VIOLATIONS:
+            elif LAYER_OF[dest] > LAYER_OF[source]:
                 problems.append(f"{path}:{line}: {source or 'thinkctl'} (layer {LAYER_OF[source]}) imports {target} "
                                 f"(layer {LAYER_OF[dest]}); move what it needs to a lower layer or pass it in")
     return problems
@@ -105,16 +102,6 @@ def upward_imports(src: Path = SRC) -> list[str]:
 def test_layers_import_downward_only() -> None:
     problems = upward_imports()
     assert not problems, "\n".join(problems)
-
-
-def test_allowed_violations_are_still_needed() -> None:
-    """An allowed upward edge that no module uses any more must leave the set."""
-    used = set()
-    for path in PACKAGE.rglob("*.py"):
-        module, _ = _module_name(path)
-        for target, _ in imports_of(path):
-            used.add((_part(module), _part(target)))
-    assert ALLOWED_VIOLATIONS <= used, f"remove {ALLOWED_VIOLATIONS - used} from ALLOWED_VIOLATIONS"
 
 
 @pytest.mark.parametrize("code, found", [
