@@ -2,8 +2,8 @@
 
 Every strategy answers the same held-out problems (``--seed`` draws them; use a seed never used for traces). One
 JSONL row per (problem, strategy) goes to ``--rows`` (default: beside ``--json``) as blocks finish, so a killed
-run resumes; the summary JSON follows ``../shared/DESIGN.md`` (accuracy, tokens_mean, samples_mean, n, ci95 per
-strategy) plus the matched-compute comparison, and ``--plot`` draws accuracy against tokens (Pareto plot) with the
+run resumes; the summary JSON gives per strategy accuracy, tokens_mean, thinking_tokens_mean, samples_mean, n and
+ci95, plus the matched-compute comparison, and ``--plot`` draws accuracy against tokens (Pareto plot) with the
 oracle frontier when ``--traces`` gives greedy traces of the same problems.
 
 With ``--ray ADDRESS`` the blocks (one strategy on up to ``--block`` problems) run on Ray actors, one model replica
@@ -18,12 +18,35 @@ from thinkctl.commands._common import (add_model_argument, add_progress_argument
                                       write_json)
 
 NAME = "evaluate"
-HELP = "the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor) on a task -> results JSON"
+HELP = "the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor, beam@N, dvts@N) on a task"
 DESCRIPTION = __doc__
 
 DEFAULT_STRATEGIES = "fixed@64,fixed@128,fixed@1024,serial,sc@4,sc@8,sc@16,best_of@8,esc,asc,dynasor,adaptive"
 #: Strategies that read a bundle's predictors (the default list drops them when no --bundle is given).
 NEEDS_BUNDLE = ("serial", "best_of")
+#: Process-guided searches, which read a bundle only with --scorer process-probe.
+SEARCHES = ("beam", "dvts")
+
+
+def _step_scorer(spec: str) -> object:
+    """--scorer: a registered name (checked now, built by the controller), or ``module:function`` imported now."""
+    from thinkctl.controller.search import STEP_SCORERS
+
+    if spec in STEP_SCORERS:
+        return spec
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"--scorer {spec!r} is neither a step scorer ({', '.join(STEP_SCORERS.names())}) nor "
+                         "module:function")
+    import importlib
+
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--scorer {spec!r}: cannot import {attr} from {module} ({exc})") from exc
+    if not callable(fn):
+        raise ValueError(f"--scorer {spec!r} is not callable; give a function fn(prompt, steps) -> scores")
+    return fn
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-cap", type=int, default=None, help="generated tokens per sample at most")
     p.add_argument("--deadline", type=float, default=None, help="seconds per block of prompts (graceful)")
     p.add_argument("--instruct", action="store_true", help="phrase prompts for an instruct model (as in collect)")
+    p.add_argument("--scorer", default="check", metavar="NAME",
+                   help="step scorer guiding beam@N and dvts@N: 'check' (exact checker of arith, modeq, mix), "
+                        "'process-probe' (the bundle's outlook probe read at each step; needs --bundle) or "
+                        "'module:function' (any fn(prompt, steps) -> one score per step, e.g. a PRM)")
     p.add_argument("--trace-rows", action="store_true", help="keep each decision trace in the JSONL rows")
     p.add_argument("--block", type=int, default=64, help="problems per strategy call (one resumable block; "
                                                           "one Ray shard)")
@@ -78,10 +105,15 @@ def run(args: argparse.Namespace) -> int:
 
     for name in strategies:
         get_strategy(name)  # an unknown name fails here, before any work
-    needs = [s for s in strategies if s.partition("@")[0] in NEEDS_BUNDLE]
+    needs = [s for s in strategies if s.partition("@")[0] in NEEDS_BUNDLE
+             or (args.scorer == "process-probe" and s.partition("@")[0] in SEARCHES)]
     if needs and not args.bundle:
         raise ValueError(f"--strategies {','.join(needs)} read a bundle's predictors; give --bundle (thinkctl train + "
                          "calibrate) or drop them")
+    step_scorer = _step_scorer(args.scorer)
+    if ray_cfg is not None and args.scorer != "check" and any(s.partition("@")[0] in SEARCHES for s in strategies):
+        raise ValueError(f"--scorer {args.scorer} is not sent to Ray actors, which search with the exact checker; run "
+                         "without --ray")
     task = thinkctl.tasks.get(args.task)
     problems = task.sample(args.n, seed=args.seed, level=args.level)
     if args.instruct:
@@ -105,9 +137,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, tokenizer = thinkctl.load_model(args.model)
         if args.bundle:
-            controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task)
+            controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task,
+                                                 step_scorer=step_scorer)
         else:
-            controller = AdaptiveController(model, tokenizer, config=cfg, task=task)
+            controller = AdaptiveController(model, tokenizer, config=cfg, task=task, step_scorer=step_scorer)
         bar = tqdm(total=len(problems) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
         rows = evaluate(controller, task, problems, strategies, rows_path=rows_path, block=args.block,
                         progress=bar.update, record_trace=args.trace_rows)
@@ -126,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"strategies": summary, "matched_compute": matched_compute(summary), "paired": paired,
               "config": {"task": args.task, "seed": args.seed, "n": args.n, "level": args.level,
                          "model": args.model, "bundle": args.bundle, "strategies": strategies,
+                         "scorer": args.scorer,
                          "controller": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                          "routing": routing, "rows": str(rows_path)}}
     write_json(out, result)

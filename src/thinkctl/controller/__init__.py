@@ -4,7 +4,7 @@
 the KV cache and stops once the calibrated confidence reaches the bundle's risk-controlled threshold, or samples in
 waves sharing one prefill and stops when the vote is settled; it honours a wall-clock deadline and always returns
 an answer. :data:`STRATEGIES` puts the baselines (``fixed@B``, ``sc@N``, ``best_of@N``, ``esc``, ``asc``, ``deepconf``,
-``dynasor``) behind the same interface.
+``dynasor``) and process-guided search (``beam@N``, ``dvts@N``) behind the same interface.
 
 Examples
 --------
@@ -24,7 +24,8 @@ from thinkctl.controller.reasons import STOP_REASONS, StopReason
 from thinkctl.controller.result import ControllerResult
 from thinkctl.controller.seeding import sample_seed
 from thinkctl.controller.strategies import STRATEGIES, get_strategy
+from thinkctl.controller.search import STEP_SCORERS, make_step_scorer  # registers beam@N and dvts@N
 
 __all__ = ["AdaptiveController", "Bundle", "ControllerConfig", "ControllerResult", "DeepConfOnline",
            "HiddenStatePredictor", "Outlook", "load_bundle_predictors", "STRATEGIES", "get_strategy", "StopReason",
-           "STOP_REASONS", "sample_seed"]
+           "STOP_REASONS", "sample_seed", "STEP_SCORERS", "make_step_scorer"]

@@ -54,6 +54,9 @@ class Bundle:
         The outlook probe and the stop score that uses it, when the threshold was certified on that score.
     routing : RoutingTable or None
         Difficulty -> route, when ``thinkctl calibrate`` fitted one.
+    process : HiddenStatePredictor or None
+        The calibrated outlook probe on its own (whatever the stop score), for the ``process-probe`` step scorer
+        (:class:`thinkctl.process.probe.ProcessProbeScorer`); None when the bundle has no calibrated outlook probe.
     risk_control : dict
         The certified stop rule (``calibration/risk_control.json``); empty when the bundle was not calibrated.
 
@@ -70,6 +73,7 @@ class Bundle:
     outlook: Outlook | None = None
     routing: RoutingTable | None = None
     risk_control: dict[str, Any] = field(default_factory=dict)
+    process: HiddenStatePredictor | None = None
 
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike[str], model: Any) -> "Bundle":
@@ -106,7 +110,7 @@ class Bundle:
                            "thresholds of ControllerConfig (easy_above, hard_below), which can spend many times the "
                            "tokens of a fitted table; run `thinkctl calibrate %s` to fit it", layout.root, ROUTING,
                            layout.root)
-        return cls(layout, meta, confidence, difficulty, outlook, routing, risk)
+        return cls(layout, meta, confidence, difficulty, outlook, routing, risk, _process(layout, meta, model))
 
     def save(self, bundle_dir: str | os.PathLike[str]) -> Path:
         """Write this bundle's parts into ``bundle_dir`` (probes, calibrators, stop rule, routing table, manifest).
@@ -210,6 +214,18 @@ def _outlook(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any], m
                          "calibrate` on the bundle")
     return Outlook(HiddenStatePredictor(probe, layer, load_calibrator(cal_path)), score,
                    float(kappa) if isinstance(kappa, (int, float)) else 1.0)
+
+
+def _process(layout: BundleLayout, meta: dict[str, Any], model: Any) -> HiddenStatePredictor | None:
+    from thinkctl.predictors.probe import HiddenStateProbe
+
+    probe_dir, cal_path = layout.path(OUTLOOK_PROBE), layout.path(OUTLOOK_CALIBRATOR)
+    if not probe_dir.is_dir() or not cal_path.is_file():
+        return None
+    probe = HiddenStateProbe.load(probe_dir)
+    _check_probe_for_model(probe, model_hidden_size(model), "the outlook probe", probe_dir)
+    layer = int(probe.layer) if probe.layer is not None else int(meta["confidence_layer"])
+    return HiddenStatePredictor(probe, layer, load_calibrator(cal_path))
 
 
 def load_bundle_predictors(bundle_dir: str | os.PathLike[str], model: Any

@@ -83,6 +83,13 @@ class AdaptiveController(ParallelRoute):
     scorer : callable, optional
         An outcome or process reward model ``scorer(prompt, text) -> float`` (full or partial solution) for best-of-N;
         default: the calibrated confidence predictor at each sample's end of thinking.
+    step_scorer : str, StepScorer or callable, optional
+        What guides ``beam@N`` and ``dvts@N`` (:mod:`thinkctl.controller.search`): ``"check"`` (the exact checker
+        of the built-in tasks, the default), ``"process-probe"``, a :class:`~thinkctl.process.StepScorer` or a
+        callable ``fn(prompt, steps) -> scores``.
+    process : HiddenStatePredictor, optional
+        The calibrated outlook probe read per step by the ``process-probe`` step scorer (a bundle's
+        :attr:`~thinkctl.controller.bundle.Bundle.process`).
 
     Examples
     --------
@@ -95,7 +102,8 @@ class AdaptiveController(ParallelRoute):
                  difficulty: HiddenStatePredictor | None = None, config: ControllerConfig = ControllerConfig(),
                  task: Any = None, stop_rule: StopRuleLike | None = None,
                  routing: RoutingTable | None = None, scorer: Scorer | None = None,
-                 outlook: Outlook | None = None) -> None:
+                 outlook: Outlook | None = None, step_scorer: Any = None,
+                 process: HiddenStatePredictor | None = None) -> None:
         if not isinstance(config, ControllerConfig):
             raise ValueError(f"config must be a ControllerConfig, got {type(config).__name__}")
         if routing is not None and not isinstance(routing, RoutingTable):
@@ -109,6 +117,8 @@ class AdaptiveController(ParallelRoute):
         self.task = task
         self.routing = routing
         self.scorer = scorer
+        self.step_scorer = step_scorer
+        self.process = process
         self.stop_rule = stop_rule if stop_rule is not None else MajorityStabilityStopping()
         self.fmt: ReasoningFormat = reasoning_format(tokenizer)
         self.think_start, self.think_end = think_markers(tokenizer)
@@ -145,6 +155,7 @@ class AdaptiveController(ParallelRoute):
         """
         bundle = Bundle.load(bundle_dir, model)
         kwargs.setdefault("outlook", bundle.outlook)
+        kwargs.setdefault("process", bundle.process)
         if bundle.routing is not None:
             kwargs.setdefault("routing", bundle.routing)
         return cls(model, tokenizer, confidence=bundle.confidence, difficulty=bundle.difficulty,

@@ -9,7 +9,8 @@ forced every 32 tokens agree 3 times in a row -- Dynasor's probe-in-the-middle, 
 the probes' tokens count), ``serial`` (the controller's serial route alone: greedy thinking to the token cap, stopped
 by the bundle's certified stop rule), ``deepconf`` / ``deepconf@N`` (DeepConf online: warm-up samples set a
 group-confidence threshold, later samples below it end early and do not vote, sampling stops at 95 % consensus),
-``adaptive`` (the controller's own routing). All share the controller's model, tokenizer, task, token cap and
+``adaptive`` (the controller's own routing), and the process-guided searches ``beam@N`` and ``dvts@N``
+(:mod:`thinkctl.controller.search`, guided by the controller's step scorer). All share the controller's model, tokenizer, task, token cap and
 deadline, and count tokens the same way, so that they compare at matched compute.
 
 Examples
@@ -143,7 +144,7 @@ def _adaptive(param: int | None, name: str) -> Strategy:
 
 def get_strategy(name: str) -> Strategy:
     """The strategy called ``name`` (``"fixed@256"``, ``"serial"``, ``"sc@8"``, ``"best_of@8"``, ``"esc"``,
-    ``"asc@20"``, ``"dynasor"``, ``"deepconf"``, ``"adaptive"``)."""
+    ``"asc@20"``, ``"dynasor"``, ``"deepconf"``, ``"adaptive"``, ``"beam@8"``, ``"dvts@8"``)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"strategy name must be a non-empty string, got {name!r}")
     base, sep, raw = name.partition("@")
