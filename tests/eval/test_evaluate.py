@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
-import thinkctl
 from thinkctl.cli import main
 from thinkctl.controller.core import ControllerResult
 from thinkctl.controller.strategies import STRATEGIES

@@ -186,7 +186,8 @@ def test_bad_inputs_raise(split) -> None:
     with pytest.raises(ValueError, match="validation_fraction"):
         HiddenStateProbe(validation_fraction=1.0).fit(X[tr], y[tr])
     probe = HiddenStateProbe(model_name="m", layer=2, max_epochs=3).fit(X[tr], y[tr])
-    with pytest.raises(ValueError, match="hidden size 16 but this probe was trained on model 'm' \\(hidden 32, layer 2\\)"):
+    with pytest.raises(ValueError,
+                       match="hidden size 16 but this probe was trained on model 'm' \\(hidden 32, layer 2\\)"):
         probe.predict_proba(X[:4, :16])
     with pytest.raises(ValueError, match="\\(B, 32\\)"):
         probe(torch.zeros(4, 16))

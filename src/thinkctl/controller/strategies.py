@@ -10,8 +10,8 @@ the probes' tokens count), ``serial`` (the controller's serial route alone: gree
 by the bundle's certified stop rule), ``deepconf`` / ``deepconf@N`` (DeepConf online: warm-up samples set a
 group-confidence threshold, later samples below it end early and do not vote, sampling stops at 95 % consensus),
 ``adaptive`` (the controller's own routing), and the process-guided searches ``beam@N`` and ``dvts@N``
-(:mod:`thinkctl.controller.search`, guided by the controller's step scorer). All share the controller's model, tokenizer, task, token cap and
-deadline, and count tokens the same way, so that they compare at matched compute.
+(:mod:`thinkctl.controller.search`, guided by the controller's step scorer). All share the controller's model,
+tokenizer, task, token cap and deadline, and count tokens the same way, so that they compare at matched compute.
 
 Examples
 --------
