@@ -13,6 +13,7 @@ and controller each; the driver writes the same rows, resumes the same way, and 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from thinkctl.commands._common import (add_model_argument, add_progress_argument, add_ray_arguments, ray_config,
                                       write_json)
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import thinkctl
     from thinkctl.controller import AdaptiveController, ControllerConfig
     from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot, summarize
+    from thinkctl.eval.rowsfile import guard_rows
 
     if args.block < 1:
         raise ValueError(f"--block={args.block} must be at least 1")
@@ -125,27 +127,28 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, token_cap=args.token_cap, easy_cap=min(cfg.easy_cap, args.token_cap))
     out = Path(args.json)
     rows_path = Path(args.rows) if args.rows else out.with_suffix(".rows.jsonl")
-    if ray_cfg is not None:
-        from thinkctl.distributed import ModelSpec, evaluate_distributed
+    with guard_rows(rows_path, _settings(args, cfg)):
+        if ray_cfg is not None:
+            from thinkctl.distributed import ModelSpec, evaluate_distributed
 
-        info: dict = {}
-        rows = evaluate_distributed(ModelSpec(args.model), task, problems, strategies, config=cfg,
-                                    bundle=args.bundle, rows_path=rows_path, block=args.block,
-                                    record_trace=args.trace_rows, ray=ray_cfg, progress=not args.no_progress,
-                                    info=info)
-        routing = info.get("routing")
-    else:
-        model, tokenizer = thinkctl.load_model(args.model)
-        if args.bundle:
-            controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task,
-                                                 step_scorer=step_scorer)
+            info: dict = {}
+            rows = evaluate_distributed(ModelSpec(args.model), task, problems, strategies, config=cfg,
+                                        bundle=args.bundle, rows_path=rows_path, block=args.block,
+                                        record_trace=args.trace_rows, ray=ray_cfg, progress=not args.no_progress,
+                                        info=info)
+            routing = info.get("routing")
         else:
-            controller = AdaptiveController(model, tokenizer, config=cfg, task=task, step_scorer=step_scorer)
-        bar = tqdm(total=len(problems) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
-        rows = evaluate(controller, task, problems, strategies, rows_path=rows_path, block=args.block,
-                        progress=bar.update, record_trace=args.trace_rows)
-        bar.close()
-        routing = None if controller.routing is None else [r.name for r in controller.routing.routes]
+            model, tokenizer = thinkctl.load_model(args.model)
+            if args.bundle:
+                controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task,
+                                                     step_scorer=step_scorer)
+            else:
+                controller = AdaptiveController(model, tokenizer, config=cfg, task=task, step_scorer=step_scorer)
+            bar = tqdm(total=len(problems) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
+            rows = evaluate(controller, task, problems, strategies, rows_path=rows_path, block=args.block,
+                            progress=bar.update, record_trace=args.trace_rows)
+            bar.close()
+            routing = None if controller.routing is None else [r.name for r in controller.routing.routes]
     if args.traces:
         from thinkctl.traces.store import TraceStore
 
@@ -192,6 +195,19 @@ def run(args: argparse.Namespace) -> int:
                                                 else "less accurate than " + ", ".join(worse)))
     print(f"wrote {out}, {rows_path}, {plot}")
     return 0
+
+
+def _settings(args: argparse.Namespace, cfg: object) -> dict:
+    """Everything that changes a row's content, recorded beside the rows so that a resumed run cannot mix settings."""
+    bundle = None
+    if args.bundle:
+        from thinkctl.bundle import BundleLayout
+
+        layout = BundleLayout(args.bundle)
+        bundle = {"path": str(Path(args.bundle).resolve()), "probes": layout.probe_fingerprints()}
+    return {"task": args.task, "level": args.level, "seed": args.seed, "model": args.model, "bundle": bundle,
+            "token_cap": getattr(cfg, "token_cap"), "deadline_s": args.deadline, "instruct": args.instruct,
+            "scorer": args.scorer}
 
 
 def format_table(summary: dict) -> str:
