@@ -174,7 +174,8 @@ def test_deepconf_stops_sampling_at_consensus():
 
 
 def test_strategy_registry_names_and_errors():
-    assert STRATEGIES.names() == ["adaptive", "asc", "best_of", "deepconf", "dynasor", "esc", "fixed", "sc", "serial"]
+    assert STRATEGIES.names() == ["adaptive", "asc", "beam", "best_of", "deepconf", "dvts", "dynasor", "esc", "fixed",
+                                  "sc", "serial"]
     with pytest.raises(UnknownNameError, match="unknown strategy 'beam'; known: adaptive, asc, best_of, deepconf, "
                                                "dynasor, esc, fixed, sc"):
         get_strategy("beam@4")
