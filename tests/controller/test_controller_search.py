@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from thinkctl.cli import main
 from thinkctl.controller import AdaptiveController, ControllerConfig, ControllerResult, get_strategy
@@ -42,6 +43,14 @@ def test_step_scorers_by_name_object_or_callable(embedded_controller):
     assert isinstance(make_step_scorer(lambda prompt, steps: [1.0] * len(steps), controller), CallableStepScorer)
     with pytest.raises(ValueError, match="outlook probe"):
         make_step_scorer("process-probe", controller)  # no bundle: nothing to read
+    from thinkctl.controller import HiddenStatePredictor
+    from thinkctl.process.probe import ProcessProbeScorer
+
+    probe = HiddenStatePredictor(lambda h: torch.sigmoid(h[:, 0]), layer=-1)
+    with_probe = AdaptiveController(controller.model, controller.tokenizer, config=controller.config,
+                                    task=controller.task, process=probe)
+    scorer = make_step_scorer("process-probe", with_probe)
+    assert isinstance(scorer, ProcessProbeScorer) and scorer.predictor is probe
     with pytest.raises(ValueError, match="check"):
         make_step_scorer("nonesuch", controller)
 

@@ -37,7 +37,7 @@ def _check(controller: AdaptiveController) -> StepScorer:
 
 @STEP_SCORERS.register("process-probe")
 def _process_probe(controller: AdaptiveController) -> StepScorer:
-    predictor = getattr(controller, "process_predictor", None)
+    predictor = controller.process
     if predictor is None:
         raise ValueError("the process-probe scorer reads the bundle's outlook probe; load the controller from a "
                          "bundle trained by `thinkctl train` (it trains the outlook probe) and calibrated by "
