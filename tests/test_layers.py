@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "thinkctl"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("jsonl", "registry", "persistence", "voting", "stats", "devices", "bundle"),
+    ("jsonl", "registry", "persistence", "voting", "stats", "devices", "bundle", "seeds"),
     ("tasks",),
     ("generation",),
     ("embedded",),

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from thinkctl.seeds import torch_seed
 from thinkctl.tasks.base import ANSWER_PREFIX, THINK_CLOSE, THINK_OPEN
 
 __all__ = ["ReasoningFormat", "reasoning_format", "chat_prefix", "generate_from_prefixes", "thinking_length"]
@@ -125,7 +126,7 @@ def generate_from_prefixes(model: Any, prefixes: Sequence[Sequence[int]], *, pad
                                       eos_token_id=list(eos_set) or None, do_sample=do_sample)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-            torch.manual_seed(seed * 1_000_003 + b)
+            torch.manual_seed(torch_seed(seed * 1_000_003 + b))
         gen = _generate(model, ids.to(device), mask.to(device), cache_implementation, kwargs)
         new = gen[:, width:].tolist()
         for r, i in enumerate(rows):

@@ -7,6 +7,8 @@ A parallel wave's generations are split into sub-batches; each sub-batch seeds t
 
 from __future__ import annotations
 
+from thinkctl.seeds import torch_seed
+
 __all__ = ["sample_seed", "wave_index", "batch_index"]
 
 #: Primes that spread the (chunk, wave, sub-batch, base seed) indices apart, so that no two draws share a seed.
@@ -33,4 +35,4 @@ def sample_seed(base_seed: int, index: int) -> int:
     >>> sample_seed(0, batch_index(wave_index(0, 0), 0))
     7919
     """
-    return base_seed * _BASE_STRIDE + index
+    return torch_seed(base_seed * _BASE_STRIDE + index)

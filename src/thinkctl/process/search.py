@@ -29,6 +29,7 @@ import numpy as np
 from thinkctl.generation import ReasoningFormat, generate_from_prefixes
 from thinkctl.process.scoring import AGGREGATIONS, StepScorer, aggregate, check_step_scores, split_steps
 from thinkctl.registry import Registry
+from thinkctl.seeds import torch_seed
 from thinkctl.tasks.base import ANSWER_PREFIX, Problem, Task
 
 __all__ = ["SearchConfig", "SearchResult", "step_search", "SEARCH_METHODS", "BEAM_WIDTH", "SEARCH_TEMPERATURE"]
@@ -218,7 +219,7 @@ def step_search(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, pr
         outs = generate_from_prefixes(model, [st.prefix + beam.ids for st, beam in jobs], pad_id=fmt.pad_id,
                                       eos_ids=stop_ids, max_new_tokens=min(cfg.max_step_tokens, max(budget)),
                                       do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                                      batch_size=cfg.batch_size, seed=cfg.seed * 7919 + round_)
+                                      batch_size=cfg.batch_size, seed=torch_seed(cfg.seed * 7919 + round_))
         candidates: dict[int, list[_Beam]] = {}
         for (st, beam), new, left in zip(jobs, outs, budget):
             new = list(new[:left])

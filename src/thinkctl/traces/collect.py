@@ -23,6 +23,7 @@ import torch
 from thinkctl import __version__
 from thinkctl.generation import (chat_prefix, generate_from_prefixes, reasoning_format, thinking_length)
 from thinkctl.models import model_num_layers, model_stamp
+from thinkctl.seeds import torch_seed
 from thinkctl.tasks import Problem, Task
 from thinkctl.traces.store import TraceStore
 
@@ -120,7 +121,7 @@ def _checkpoint_stats(stats: dict[str, torch.Tensor], k: int, window: int) -> di
 
 def shard_seed(cfg: CollectConfig, shard: int) -> int:
     """The sampling seed of shard ``shard``: distinct per shard, and the same whichever process collects it."""
-    return cfg.seed * 100_003 + shard
+    return torch_seed(cfg.seed * 100_003 + shard)
 
 
 def store_header(cfg: CollectConfig, layers: list[int], stamp: dict[str, Any],
