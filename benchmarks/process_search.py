@@ -3,7 +3,7 @@
 Each run is an evaluation JSON written by ``thinkctl evaluate`` (one task level, one step scorer); its rows file
 holds one row per (problem, strategy). This script pools the rows of several runs (e.g. arith levels 3, 4 and 5),
 summarises every strategy (accuracy with a bootstrap 95 % interval, tokens) and compares each pair ``target:baseline``
-on the problems both answered: accuracy difference and tokens saved, each with a paired bootstrap 95 % interval.
+on the problems both answered within a run: accuracy difference and tokens saved, each with a paired bootstrap 95 % interval.
 A pair is "at matched tokens or fewer" when the target spends at most the baseline's tokens.
 
 Example::
@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--pairs {args.pairs!r}: give target:baseline pairs, e.g. beam@8:sc@8")
         rows: list[dict[str, Any]] = []
         runs = []
-        for run in args.runs:
+        for k, run in enumerate(args.runs):
             r, cfg = _rows(Path(run))
-            rows += r
+            # problem ids are unique within a run only (runs of other levels reuse them): pair within a run
+            rows += [{**row, "problem_id": f"{k}:{row['problem_id']}"} for row in r]
             runs.append({"file": run, "task": cfg.get("task"), "level": cfg.get("level"), "seed": cfg.get("seed"),
                          "n": cfg.get("n"), "scorer": cfg.get("scorer"), "bundle": cfg.get("bundle")})
     except (ValueError, FileNotFoundError) as exc:

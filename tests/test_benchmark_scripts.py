@@ -58,7 +58,7 @@ def test_process_search_pools_runs_and_pairs_by_problem(tmp_path: Path) -> None:
         with rows.open("w") as f:
             for i, (b, s) in enumerate(zip(beam_ok, sc_ok)):
                 for name, ok, tokens in (("beam@8", b, 90), ("sc@8", s, 100)):
-                    f.write(json.dumps({"problem_id": f"arith-{level}-{i}", "level": level, "strategy": name,
+                    f.write(json.dumps({"problem_id": f"arith-{i}", "level": level, "strategy": name,
                                         "correct": bool(ok), "tokens": tokens, "thinking_tokens": tokens - 10,
                                         "samples": 8}) + "\n")
         run = tmp_path / f"l{level}.json"
