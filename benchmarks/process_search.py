@@ -3,8 +3,10 @@
 Each run is an evaluation JSON written by ``thinkctl evaluate`` (one task level, one step scorer); its rows file
 holds one row per (problem, strategy). This script pools the rows of several runs (e.g. arith levels 3, 4 and 5),
 summarises every strategy (accuracy with a bootstrap 95 % interval, tokens) and compares each pair ``target:baseline``
-on the problems both answered within a run: accuracy difference and tokens saved, each with a paired bootstrap 95 % interval.
-A pair is "at matched tokens or fewer" when the target spends at most the baseline's tokens.
+on the problems both answered (the same task, level, seed and problem, in any run; a search guided by another
+scorer than the exact checker is named with it, e.g. ``beam@8[process-probe]``): accuracy difference and tokens
+saved, each with a paired bootstrap 95 % interval. A pair is "at matched tokens or fewer" when the target spends at
+most the baseline's tokens.
 
 Example::
 
@@ -39,6 +41,17 @@ def _rows(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, cfg
 
 
+def _keyed(row: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """The row with a problem key that is the same for the same problem in any run (problem ids repeat across
+    levels), and, for searches guided by another scorer than the exact checker, the scorer in the strategy's name."""
+    key = f"{cfg.get('task')}/{cfg.get('level')}/{cfg.get('seed')}/{row['problem_id']}"
+    name = row["strategy"]
+    scorer = cfg.get("scorer") or "check"
+    if scorer != "check" and name.partition("@")[0] in ("beam", "dvts"):
+        name = f"{name}[{scorer}]"
+    return {**row, "problem_id": key, "strategy": name}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="process_search.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,10 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--pairs {args.pairs!r}: give target:baseline pairs, e.g. beam@8:sc@8")
         rows: list[dict[str, Any]] = []
         runs = []
-        for k, run in enumerate(args.runs):
+        for run in args.runs:
             r, cfg = _rows(Path(run))
-            # problem ids are unique within a run only (runs of other levels reuse them): pair within a run
-            rows += [{**row, "problem_id": f"{k}:{row['problem_id']}"} for row in r]
+            rows += [_keyed(row, cfg) for row in r]
             runs.append({"file": run, "task": cfg.get("task"), "level": cfg.get("level"), "seed": cfg.get("seed"),
                          "n": cfg.get("n"), "scorer": cfg.get("scorer"), "bundle": cfg.get("bundle")})
     except (ValueError, FileNotFoundError) as exc:
