@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from thinkctl.commands._common import add_device_argument, add_model_argument, write_json
+from thinkctl.commands._common import add_device_argument, add_model_argument, write_json, run_script, script_parser
 from thinkctl.stats import bootstrap_interval
 from thinkctl.stopping.tracking import precomputed_call_signature
 
@@ -494,23 +494,12 @@ def run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The script's options (``--help`` lists them with their defaults)."""
-    parser = argparse.ArgumentParser(prog="bench_overhead.py", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
-    add_arguments(parser)
-    return parser
+    return script_parser("bench_overhead.py", __doc__, add_arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 2 (with the advice on stderr) on a user error."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"bench_overhead.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_script(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
-__all__ = ["add_model_argument", "add_progress_argument", "write_json"]
+__all__ = ["add_model_argument", "add_progress_argument", "write_json", "script_parser", "run_script"]
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -54,3 +56,26 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def script_parser(prog: str, description: str | None,
+                  add_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    """The parser of a stand-alone script (the benchmarks): its options, ``-v``, defaults shown by ``--help``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    add_arguments(parser)
+    return parser
+
+
+def run_script(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+               argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run; 0 on success, 2 (with the advice on stderr, no traceback) on a user error."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
