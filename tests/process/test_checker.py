@@ -68,6 +68,10 @@ def test_family_from_the_problem_and_prose():
     assert ExactStepChecker().score(bare, ["x=0: 3*0+1=1=1", "x=1: 3*1+1=4=4 found"]).tolist() == [1, 0]
     bare = Problem(id="q", prompt=ARITH.prompt, answer="")
     assert ExactStepChecker().score(bare, ["12+30=42", "40-5=35"]).tolist() == [1, 0]
+    from thinkctl.embedded.gym import INSTRUCT_SUFFIX
+
+    instruct = Problem(id="arith-2-0", prompt=ARITH.prompt + INSTRUCT_SUFFIX, answer="37", level=2)
+    assert ExactStepChecker().score(instruct, ["12 + 30 = 42.", "12+30=42", "42-5=37"]).tolist() == [1, 1, 1]
     other = Problem(id="gsm8k-1", prompt="Tom has 3 apples and buys 4 more.", answer="7")
     assert ExactStepChecker().score(other, ["He has 3 + 4 = 7 apples.", "So 7 * 2 = 15."]).tolist() == [1, 0]
     with pytest.raises(ValueError, match="arith"):

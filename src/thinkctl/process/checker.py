@@ -85,9 +85,15 @@ def _last_value(text: str) -> int | None:
     return claims[-1][-1] if claims else None
 
 
+_ARITH_EXPR_RE = re.compile(r"Evaluate from left to right: (-?\d+(?: [-+*] \d+)*)")
+
+
 class _ArithState:
     def __init__(self, problem: Problem) -> None:
-        self.start, self.ops = ArithTask.chain(problem)
+        # the expression alone: a prompt may go on with an instruction (an instruct model's suffix)
+        m = _ARITH_EXPR_RE.search(problem.prompt)
+        bare = problem if m is None else Problem(id=problem.id, prompt=f"{ARITH_PROMPT_START} {m[1]}", answer="")
+        self.start, self.ops = ArithTask.chain(bare)
         self.value, self.k = self.start, 0
         self.claims: list[tuple[int, str, int, int]] = []  # (a, op, b, claimed result) of the chain's steps, in order
         self.checked = 0  # checks go through the steps in order: the first step a verdict may refer to
