@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +13,8 @@ from thinkctl.embedded.tokenizer import render_chat
 from thinkctl.embedded.train import (HELD_OUT_LEVELS, ModelShape, TrainConfig, bench_compile, build_examples,
                                      encode_examples, train, trained_levels)
 from thinkctl.tasks import get as get_task
+
+from benchmark_loader import load_benchmark
 
 TINY = TrainConfig(compile=False, n_problems=240, steps=4, batch_size=8, warmup_steps=2, vocab_size=300,
                    checkpoint_every=2,
@@ -75,17 +75,8 @@ def test_bench_compile_times_both_variants_on_the_same_batches():
         bench_compile(TINY, steps=0)
 
 
-def _load_benchmark(name: str):
-    """A script of the repository's benchmarks/ folder, imported from its file."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_train_script_writes_its_figures_and_refuses_a_gpu(tmp_path, capsys):
-    bench_train = _load_benchmark("bench_train")
+    bench_train = load_benchmark("bench_train")
     out = tmp_path / "bench.json"
     assert bench_train.main(["--tiny", "--json", str(out), "--bench-steps", "2", "--block", "1",
                  "--bench-problems", "240", "--no-progress"]) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,9 @@ from thinkctl.cli import main
 from thinkctl.eval.replay import POLICIES, ReplayConfig, load_replay, run_replay
 from thinkctl.registry import UnknownNameError
 
+from benchmark_loader import load_benchmark
+
 ENTRY_KEYS = {"accuracy", "tokens_mean", "samples_mean", "n", "ci95"}
-
-
-def _load_benchmark(name: str) -> Any:
-    """A script of the repository's benchmarks/ folder, imported from its file."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sample(answer: str | None, correct: bool, score: float | None = None, **lengths: Any) -> dict[str, Any]:
@@ -201,7 +192,7 @@ def test_adaptive_matches_sc_when_the_outcome_is_decided(tmp_path: Path) -> None
     assert st["adaptive"]["accuracy"] >= st["sc"]["accuracy"] - 0.05
     assert st["adaptive"]["samples_mean"] < 0.75 * st["sc"]["samples_mean"]
     assert "target_check" not in st["adaptive"]  # replay reports figures; the target lives in benchmarks/
-    check = _load_benchmark("replay_target").target_check(st)
+    check = load_benchmark("replay_target").target_check(st)
     assert check is not None and check["tolerance"] == 0.005
     assert check["accuracy_within_tolerance_of_sc"] == (st["adaptive"]["accuracy_delta_vs_sc"] >= -0.005)
     assert check["fewer_samples_than_esc"] == (st["adaptive"]["samples_mean"] < st["esc"]["samples_mean"])

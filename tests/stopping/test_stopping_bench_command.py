@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 from transformers import PreTrainedTokenizerFast
 
 import thinkctl
 
-
-def _load_benchmark(name: str):
-    """A script of the repository's benchmarks/ folder, imported from its file."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_loader import load_benchmark
 
 
-bench_overhead = _load_benchmark("bench_overhead")
+bench_overhead = load_benchmark("bench_overhead")
 
 
 @pytest.fixture()
