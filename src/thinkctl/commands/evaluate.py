@@ -19,14 +19,15 @@ from thinkctl.commands._common import (add_model_argument, add_progress_argument
                                       write_json)
 
 NAME = "evaluate"
-HELP = "the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor, beam@N, dvts@N) on a task"
+HELP = ("the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor, beam@N, dvts@N, "
+        "prune@N) on a task")
 DESCRIPTION = __doc__
 
 DEFAULT_STRATEGIES = "fixed@64,fixed@128,fixed@1024,serial,sc@4,sc@8,sc@16,best_of@8,esc,asc,dynasor,adaptive"
 #: Strategies that read a bundle's predictors (the default list drops them when no --bundle is given).
 NEEDS_BUNDLE = ("serial", "best_of")
 #: Process-guided searches, which read a bundle only with --scorer process-probe.
-SEARCHES = ("beam", "dvts")
+SEARCHES = ("beam", "dvts", "prune")
 
 
 def _step_scorer(spec: str) -> object:
@@ -73,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="step scorer guiding beam@N and dvts@N: 'check' (exact checker of arith, modeq, mix), "
                         "'process-probe' (the bundle's outlook probe read at each step; needs --bundle) or "
                         "'module:function' (any fn(prompt, steps) -> one score per step, e.g. a PRM)")
+    p.add_argument("--prune-rule", default=None, metavar="JSON",
+                   help="the certified pruning threshold of prune@N (written by thinkctl calibrate-pruning for the "
+                        "same --scorer)")
     p.add_argument("--trace-rows", action="store_true", help="keep each decision trace in the JSONL rows")
     p.add_argument("--block", type=int, default=64, help="problems per strategy call (one resumable block; "
                                                           "one Ray shard)")
@@ -113,6 +117,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--strategies {','.join(needs)} read a bundle's predictors; give --bundle (thinkctl train + "
                          "calibrate) or drop them")
     step_scorer = _step_scorer(args.scorer)
+    prune_rule = None
+    if args.prune_rule:
+        from thinkctl.process.pruning import PruneRule
+
+        prune_rule = PruneRule.load(args.prune_rule)
+    elif any(s.partition("@")[0] == "prune" for s in strategies):
+        raise ValueError("prune@N prunes at a certified threshold: give --prune-rule (thinkctl calibrate-pruning)")
+    if ray_cfg is not None and prune_rule is not None:
+        raise ValueError("--prune-rule is not sent to Ray actors; run prune@N without --ray")
     if ray_cfg is not None and args.scorer != "check" and any(s.partition("@")[0] in SEARCHES for s in strategies):
         raise ValueError(f"--scorer {args.scorer} is not sent to Ray actors, which search with the exact checker; run "
                          "without --ray")
@@ -141,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
             model, tokenizer = thinkctl.load_model(args.model)
             if args.bundle:
                 controller = AdaptiveController.load(args.bundle, model, tokenizer, cfg, task=task,
-                                                     step_scorer=step_scorer)
+                                                     step_scorer=step_scorer, prune_rule=prune_rule)
             else:
-                controller = AdaptiveController(model, tokenizer, config=cfg, task=task, step_scorer=step_scorer)
+                controller = AdaptiveController(model, tokenizer, config=cfg, task=task, step_scorer=step_scorer,
+                                                prune_rule=prune_rule)
             bar = tqdm(total=len(problems) * len(strategies), desc="evaluate", unit="answer", disable=args.no_progress)
             rows = evaluate(controller, task, problems, strategies, rows_path=rows_path, block=args.block,
                             progress=bar.update, record_trace=args.trace_rows)
@@ -205,9 +219,14 @@ def _settings(args: argparse.Namespace, cfg: object) -> dict:
 
         layout = BundleLayout(args.bundle)
         bundle = {"path": str(Path(args.bundle).resolve()), "probes": layout.probe_fingerprints()}
-    return {"task": args.task, "level": args.level, "seed": args.seed, "model": args.model, "bundle": bundle,
-            "token_cap": getattr(cfg, "token_cap"), "deadline_s": args.deadline, "instruct": args.instruct,
-            "scorer": args.scorer}
+    settings = {"task": args.task, "level": args.level, "seed": args.seed, "model": args.model, "bundle": bundle,
+                "token_cap": getattr(cfg, "token_cap"), "deadline_s": args.deadline, "instruct": args.instruct,
+                "scorer": args.scorer}
+    if args.prune_rule:  # recorded only when given, so that rows written without one resume as before
+        import hashlib
+
+        settings["prune_rule"] = hashlib.sha256(Path(args.prune_rule).read_bytes()).hexdigest()
+    return settings
 
 
 def format_table(summary: dict) -> str:

@@ -90,6 +90,9 @@ class AdaptiveController(ParallelRoute):
     process : HiddenStatePredictor, optional
         The calibrated outlook probe read per step by the ``process-probe`` step scorer (a bundle's
         :attr:`~thinkctl.controller.bundle.Bundle.process`).
+    prune_rule : PruneRule, optional
+        The certified threshold at which ``prune@N`` abandons a sample (:mod:`thinkctl.process.pruning`;
+        ``thinkctl calibrate-pruning`` writes it), for the step scorer it was certified with.
 
     Examples
     --------
@@ -103,7 +106,7 @@ class AdaptiveController(ParallelRoute):
                  task: Any = None, stop_rule: StopRuleLike | None = None,
                  routing: RoutingTable | None = None, scorer: Scorer | None = None,
                  outlook: Outlook | None = None, step_scorer: Any = None,
-                 process: HiddenStatePredictor | None = None) -> None:
+                 process: HiddenStatePredictor | None = None, prune_rule: Any = None) -> None:
         if not isinstance(config, ControllerConfig):
             raise ValueError(f"config must be a ControllerConfig, got {type(config).__name__}")
         if routing is not None and not isinstance(routing, RoutingTable):
@@ -119,6 +122,7 @@ class AdaptiveController(ParallelRoute):
         self.scorer = scorer
         self.step_scorer = step_scorer
         self.process = process
+        self.prune_rule = prune_rule
         self.stop_rule = stop_rule if stop_rule is not None else MajorityStabilityStopping()
         self.fmt: ReasoningFormat = reasoning_format(tokenizer)
         self.think_start, self.think_end = think_markers(tokenizer)

@@ -1,4 +1,4 @@
-"""Process-guided search strategies: ``beam@N`` and ``dvts@N`` through the same interface as the others.
+"""Process-guided strategies: ``beam@N``, ``dvts@N`` and ``prune@N`` through the same interface as the others.
 
 Both run :func:`thinkctl.process.search.step_search` with the controller's model, tokenizer, task, token cap and
 seed, guided by the controller's step scorer (``AdaptiveController(step_scorer=...)``; ``thinkctl evaluate --scorer``):
@@ -8,6 +8,10 @@ generated token of every candidate, forced tokens and answers; thinking tokens a
 
 With the exact checker a solution whose every step is verified is final (the search stops there:
 ``SearchConfig.stop_score = 1.0``); with a learned scorer the search runs until N solutions are finished.
+
+``prune@N`` samples N independent solutions step by step and abandons a sample once its score falls below the
+controller's certified pruning threshold (``AdaptiveController(prune_rule=...)``, written by ``thinkctl
+calibrate-pruning``; :mod:`thinkctl.process.pruning`); the survivors vote, weighted by their scores.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from thinkctl.controller.result import ControllerResult
 from thinkctl.controller.strategies import STRATEGIES, Strategy
 from thinkctl.generation import chat_prefix, reasoning_format
 from thinkctl.process import CallableStepScorer, ExactStepChecker, StepScorer
+from thinkctl.models import check_stamp
 from thinkctl.process.probe import ProcessProbeScorer
+from thinkctl.process.pruning import PruneRule
 from thinkctl.process.search import SearchConfig, step_search
 from thinkctl.registry import Registry
 from thinkctl.tasks.base import Problem
@@ -66,9 +72,17 @@ def _search_strategy(method: str) -> Callable[[int | None, str], Strategy]:
             if controller.task is None:
                 raise ValueError(f"strategy {name!r} extracts answers with the controller's task; pass task=")
             scorer = make_step_scorer(controller.step_scorer or "check", controller)
-            cfg = SearchConfig(n=param, max_thinking_tokens=controller.config.token_cap,
-                               max_answer_tokens=controller.config.max_answer_tokens, seed=controller.config.seed,
-                               stop_score=1.0 if isinstance(scorer, ExactStepChecker) else None)
+            if method == "prune":
+                rule = _prune_rule(controller, scorer, name)
+                cfg = SearchConfig(n=param, beam_width=1, max_thinking_tokens=controller.config.token_cap,
+                                   max_answer_tokens=controller.config.max_answer_tokens,
+                                   seed=controller.config.seed, aggregation=rule.aggregation,
+                                   prune_below=rule.threshold)
+            else:
+                cfg = SearchConfig(n=param, max_thinking_tokens=controller.config.token_cap,
+                                   max_answer_tokens=controller.config.max_answer_tokens,
+                                   seed=controller.config.seed,
+                                   stop_score=1.0 if isinstance(scorer, ExactStepChecker) else None)
             tok = controller.tokenizer
             problems = [Problem(id=f"prompt-{i}", prompt=p, answer="") for i, p in enumerate(prompts)]
             found = step_search(controller.model, tok, reasoning_format(tok), controller.task, problems,
@@ -83,5 +97,24 @@ def _search_strategy(method: str) -> Callable[[int | None, str], Strategy]:
     return factory
 
 
+def _prune_rule(controller: AdaptiveController, scorer: StepScorer, name: str) -> PruneRule:
+    """The controller's pruning rule, checked against the scorer and the model it is used with."""
+    rule = controller.prune_rule
+    if rule is None:
+        raise ValueError(f"strategy {name!r} prunes at a certified threshold: certify one with `thinkctl "
+                         "calibrate-pruning` and pass it (AdaptiveController(prune_rule=PruneRule.load(PATH)); "
+                         "`thinkctl evaluate --prune-rule PATH`)")
+    if not isinstance(rule, PruneRule):
+        raise ValueError(f"prune_rule must be a PruneRule, got {type(rule).__name__}")
+    if rule.scorer != scorer.name:
+        raise ValueError(f"the pruning rule was certified for step scorer {rule.scorer!r}, but the controller's step "
+                         f"scorer is {scorer.name!r}: its threshold means nothing for another scorer; certify one "
+                         f"for {scorer.name!r} or use --scorer {rule.scorer}")
+    if rule.model:
+        check_stamp(rule.model, controller.model, "the pruning rule")
+    return rule
+
+
 STRATEGIES.add("beam", _search_strategy("beam"))
 STRATEGIES.add("dvts", _search_strategy("dvts"))
+STRATEGIES.add("prune", _search_strategy("prune"))

@@ -10,6 +10,12 @@ cut into steps at line breaks:
   the search ends when N solutions are finished or no beam is left.
 * **DVTS** (``dvts``): N / M independent subtrees. Each round extends each subtree's single beam by M sampled steps
   and keeps the best one, so the subtrees stay diverse where beam search would collapse onto one prefix.
+* **pruned sampling** (``prune``): N independent samples, generated step by step; a sample whose aggregated step
+  score falls below ``SearchConfig.prune_below`` is abandoned there (its remaining steps and its answer are never
+  generated), except a problem's last live sample, which always goes on so that every problem gets an answer.
+  The threshold comes from :func:`thinkctl.process.pruning.certify_pruning` (Learn-then-Test); with
+  ``prune_below=None`` nothing is pruned and the trace records every sample's score after every step, which is
+  what the certification reads.
 
 Finished solutions vote for their answers with their aggregated scores as weights (search-and-learn's weighted
 best-of-N); the confidence is the winner's share of the weight. Every generated token counts: every candidate's
@@ -45,6 +51,7 @@ SEARCH_TEMPERATURE = 0.8
 SEARCH_METHODS: Registry[str] = Registry("search method")
 SEARCH_METHODS.add("beam", "beam search over steps")
 SEARCH_METHODS.add("dvts", "diverse verifier tree search")
+SEARCH_METHODS.add("prune", "independent samples pruned at a process-score threshold")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class SearchConfig:
     stop_score : float or None, default=None
         End a problem's search as soon as a finished solution scores at least this (e.g. 1.0 with the exact
         checker: a solution whose every step is verified); None: search on as described above.
+    prune_below : float or None, default=None
+        ``prune`` method only: abandon a sample once its aggregated score is below this; None: never.
     seed : int, default=0
         Seed of the sampling and of the tie-breaking.
     batch_size : int, default=64
@@ -85,6 +94,7 @@ class SearchConfig:
     top_p: float = 1.0
     aggregation: str = "min"
     stop_score: float | None = None
+    prune_below: float | None = None
     seed: int = 0
     batch_size: int = 64
 
@@ -98,6 +108,8 @@ class SearchConfig:
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be positive (steps are sampled)")
         AGGREGATIONS.get(self.aggregation)
+        if self.prune_below is not None and not math.isfinite(self.prune_below):
+            raise ValueError(f"prune_below={self.prune_below} must be a finite score threshold, or None")
 
 
 @dataclass
@@ -121,6 +133,8 @@ class _Beam:
     done: bool = False            # thinking ended (or forced): only the answer remains
     forced: bool = False
     subtree: int = 0
+    history: list[float] = field(default_factory=list)   # aggregated score after each step
+    lengths: list[int] = field(default_factory=list)     # generated tokens after each step
 
 
 @dataclass
@@ -133,6 +147,7 @@ class _State:
     thinking_tokens: int = 0
     samples: int = 0
     rounds: int = 0
+    pruned: list[_Beam] = field(default_factory=list)
 
 
 _LINE_BREAK_IDS: dict[int, tuple[int, ...]] = {}
@@ -199,10 +214,11 @@ def step_search(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, pr
     SEARCH_METHODS.get(method)
     if len(problems) != len(prefixes):
         raise ValueError(f"{len(problems)} problems but {len(prefixes)} prefixes; pass one prefix per problem")
-    m = cfg.beam_width
+    m = 1 if method == "prune" else cfg.beam_width
     n_keep = cfg.n // m
     states = [_State(problem=p, prefix=list(x),
-                     beams=[_Beam(ids=[], thinking=0, subtree=k) for k in range(n_keep if method == "dvts" else 1)])
+                     beams=[_Beam(ids=[], thinking=0, subtree=k)
+                            for k in range(n_keep if method in ("dvts", "prune") else 1)])
               for p, x in zip(problems, prefixes)]
     stop_ids = tuple(sorted(set(fmt.eos_ids) | set(_line_break_ids(tokenizer))
                             | ({fmt.think_close_id} if fmt.think_close_id is not None else set())))
@@ -234,6 +250,8 @@ def step_search(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, pr
             if not ended and cand.thinking >= cfg.max_thinking_tokens:
                 cand.done, cand.forced = True, True
             cand.score = _score(scorer, tokenizer, fmt, st, cand, cfg.aggregation)
+            cand.history = beam.history + [round(float(cand.score), 6)]
+            cand.lengths = beam.lengths + [len(cand.ids)]
             candidates.setdefault(id(st), []).append(cand)
         # 2. select
         for st in states:
@@ -245,6 +263,8 @@ def step_search(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, pr
                 st.finished.extend(b for b in ranked if b.done)
                 # N / M beams go on until N solutions are finished (search-and-learn)
                 st.beams = [b for b in ranked if not b.done][:n_keep] if len(st.finished) < cfg.n else []
+            elif method == "prune":
+                _prune(st, cands, cfg.prune_below)
             else:
                 best: dict[int, _Beam] = {}
                 for b in ranked:
@@ -255,6 +275,20 @@ def step_search(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, pr
                 st.beams = []
         round_ += 1
     return _answer(model, tokenizer, fmt, task, states, cfg, method)
+
+
+def _prune(st: _State, cands: list[_Beam], below: float | None) -> None:
+    """One round of pruned sampling for one problem: candidates below ``below`` are abandoned, unless that would
+    leave the problem with no sample at all (then the best-scoring one goes on); the rest finish or go on."""
+    low = [b for b in cands if below is not None and not b.score >= below]
+    keep = [b for b in cands if not any(b is x for x in low)]
+    if not keep and not st.finished and low:
+        best = max(low, key=lambda b: b.score if math.isfinite(b.score) else -math.inf)
+        low = [b for b in low if b is not best]
+        keep = [best]
+    st.pruned.extend(low)
+    st.finished.extend(b for b in keep if b.done)
+    st.beams = sorted((b for b in keep if not b.done), key=lambda b: b.subtree)
 
 
 def _answer(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, states: Sequence[_State],
@@ -283,9 +317,12 @@ def _answer(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, states
     for st in states:
         weights: dict[str, float] = {}
         texts: dict[str, str] = {}
+        branches: list[dict[str, Any]] = []
         for b in st.finished:
             text = tokenizer.decode(b.ids, skip_special_tokens=True)
             answer = task.extract_answer(text)
+            branches.append({"subtree": b.subtree, "scores": b.history, "lengths": b.lengths, "answer": answer,
+                             "pruned": False})
             if answer is None:
                 continue
             w = b.score if math.isfinite(b.score) else 0.0
@@ -297,11 +334,17 @@ def _answer(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, states
             conf = weights[winner] / total if total > 0 else 1.0 / len(weights)
         else:
             winner, conf = "", 0.0
+        branches.extend({"subtree": b.subtree, "scores": b.history, "lengths": b.lengths, "answer": None,
+                         "pruned": True} for b in st.pruned)
+        event: dict[str, Any] = {"event": "search", "method": method, "n": cfg.n,
+                                 "beam_width": 1 if method == "prune" else cfg.beam_width, "rounds": st.rounds,
+                                 "finished": len(st.finished),
+                                 "scores": [round(float(b.score), 4) for b in st.finished]}
+        if method == "prune":
+            event.update(prune_below=cfg.prune_below, pruned=len(st.pruned),
+                         branches=sorted(branches, key=lambda d: d["subtree"]))
         results.append(SearchResult(
             answer=winner, text=texts.get(winner, ""), confidence=float(conf), tokens=st.tokens,
             samples=st.samples, thinking_tokens=st.thinking_tokens,
-            trace=[{"event": "search", "method": method, "n": cfg.n, "beam_width": cfg.beam_width,
-                    "rounds": st.rounds, "finished": len(st.finished),
-                    "scores": [round(float(b.score), 4) for b in st.finished]},
-                   {"event": "vote", "weights": weights}]))
+            trace=[event, {"event": "vote", "weights": weights}]))
     return results
