@@ -142,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
           f"{c['problems_with_right_sample']} problems); epsilon {rule.epsilon}, delta {rule.delta}")
     if rule.threshold is None:
         print(f"no threshold certified: {rule.reason}")
+    elif c["samples_pruned"] == 0:
+        print(f"certified only 'never prune': pruning below {c.get('first_rejected_threshold', 'any threshold')} "
+              f"would abandon {100 * c.get('first_rejected_risk', 0):.1f} % of the right-ending samples, more than "
+              f"epsilon allows; prune@N will prune nothing")
     else:
         line = (f"certified: prune a sample once its {rule.aggregation} {rule.scorer} score < {rule.threshold:g}; "
                 f"on the calibration problems: risk {c['risk']:.4f}, samples pruned {100 * c['samples_pruned']:.1f} %")

@@ -208,6 +208,10 @@ def certify_pruning(problems: Sequence[Sequence[BranchRecord]], *, epsilon: floa
         j = int(np.flatnonzero(lam == res.chosen)[0])
         calib.update(risk=float(losses[:, j].mean()), problems_losing_a_right_sample=float(np.mean(losses[:, j] > 0)),
                      **_pruning_effect(problems, res.chosen))
+    failed = res.thresholds[len(res.valid_thresholds):]
+    if failed.size:  # the first threshold that failed its test: how close the next step of pruning came
+        k = len(res.valid_thresholds)
+        calib.update(first_rejected_threshold=float(failed[0]), first_rejected_risk=float(res.risks[k]))
     return PruneRule(threshold=res.chosen, epsilon=float(epsilon), delta=float(delta), n_problems=len(problems),
                      scorer=scorer, aggregation=aggregation, n_branches=max(sizes), reason=res.reason, task=task,
                      model=dict(model or {}), calibration=calib,
