@@ -27,7 +27,8 @@ from thinkctl.seeds import torch_seed
 from thinkctl.tasks import Problem, Task
 from thinkctl.traces.store import TraceStore
 
-__all__ = ["CollectConfig", "collect", "collect_shard", "shard_seed", "store_header", "token_confidence"]
+__all__ = ["CollectConfig", "collect", "collect_shard", "generate_shard", "label_shard", "checkpoint_positions",
+           "shard_seed", "store_header", "token_confidence"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,17 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
 def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: list[Problem], cfg: CollectConfig,
                   layers: list[int], seed: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """The tensors and rows of one shard of ``problems`` (``fmt``: the model's reasoning format; ``seed``: the
-    shard's sampling seed, :func:`shard_seed`), ready for :meth:`TraceStore.write_shard`."""
+    shard's sampling seed, :func:`shard_seed`), ready for :meth:`TraceStore.write_shard`: the model's
+    generations (:func:`generate_shard`) labelled by :func:`label_shard`."""
+    generations = generate_shard(model, tokenizer, fmt, problems, cfg, seed=seed)
+    return label_shard(model, tokenizer, fmt, task, problems, generations, cfg, layers)
+
+
+def generate_shard(model: Any, tokenizer: Any, fmt: Any, problems: Sequence[Problem], cfg: CollectConfig,
+                   seed: int) -> list[list[list[int]]]:
+    """``cfg.samples`` generations per problem, as new token ids after the prompt's chat prefix: per problem, the
+    greedy generation first, then ``cfg.samples - 1`` sampled at ``cfg.temperature`` (reproducible from
+    ``seed``). Each is cut after its first end-of-sequence token, which it keeps."""
     gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size)
     prefixes = [chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix) for p in problems]
     greedy = generate_from_prefixes(model, prefixes, max_new_tokens=cfg.max_new_tokens, **gen_kw)
@@ -197,14 +208,42 @@ def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: li
         sampled = generate_from_prefixes(model, rep, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                                          temperature=cfg.temperature, seed=seed, **gen_kw)
     # sample j of problem i: j == 0 greedy, else sampled[i * (samples - 1) + j - 1]
+    return [[greedy[i]] + sampled[i * (cfg.samples - 1):(i + 1) * (cfg.samples - 1)] for i in range(len(problems))]
+
+
+def checkpoint_positions(fmt: Any, tokenizer: Any, generated: Sequence[int], cfg: CollectConfig,
+                         greedy: bool) -> tuple[int, bool, list[int]]:
+    """Thinking length of one generation, whether thinking was closed, and its checkpoints (thinking tokens read):
+    every ``cfg.every`` thinking tokens and the end of thinking; none on a sampled generation when
+    ``cfg.checkpoints == "greedy"``."""
+    n_think, closed = thinking_length(fmt, tokenizer, generated)
+    ks = list(range(cfg.every, n_think, cfg.every)) + [n_think]
+    if not greedy and cfg.checkpoints == "greedy":
+        ks = []
+    return n_think, closed, ks
+
+
+def label_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: Sequence[Problem],
+                generations: Sequence[Sequence[Sequence[int]]], cfg: CollectConfig,
+                layers: list[int]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Label given generations: the tensors and rows of one shard, ready for :meth:`TraceStore.write_shard`.
+
+    ``generations[i]`` are the generations of ``problems[i]`` as token ids that continue the chat prefix of its
+    prompt (``chat_prefix(tokenizer, prompt + cfg.prompt_suffix)``), the greedy one first. One teacher-forced pass
+    records the hidden states of ``layers`` at the prompt's last token and at every checkpoint
+    (:func:`checkpoint_positions`) and per-token confidence; then the answer forced at every checkpoint is
+    generated and checked. Whoever produced the generations -- :func:`generate_shard`, or a serving engine whose
+    texts were tokenized -- the labels are computed the same way.
+    """
+    if len(generations) != len(problems):
+        raise ValueError(f"got generations for {len(generations)} problems but {len(problems)} problems")
+    gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size)
+    prefixes = [chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix) for p in problems]
     items = []
-    for i, p in enumerate(problems):
-        for j in range(cfg.samples):
-            gen = greedy[i] if j == 0 else sampled[i * (cfg.samples - 1) + j - 1]
-            n_think, closed = thinking_length(fmt, tokenizer, gen)
-            ks = list(range(cfg.every, n_think, cfg.every)) + [n_think]
-            if j > 0 and cfg.checkpoints == "greedy":
-                ks = []
+    for i in range(len(problems)):
+        for j, generated in enumerate(generations[i]):
+            gen = [int(t) for t in generated]
+            n_think, closed, ks = checkpoint_positions(fmt, tokenizer, gen, cfg, greedy=j == 0)
             items.append((i, j, gen, n_think, closed, ks))
     seqs = [prefixes[i] + gen for i, _, gen, _, _, _ in items]
     positions = [[len(prefixes[i]) - 1] + [len(prefixes[i]) + k - 1 for k in ks] for i, _, _, _, _, ks in items]
