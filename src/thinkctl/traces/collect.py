@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,10 +26,11 @@ from thinkctl.generation import (chat_prefix, generate_from_prefixes, reasoning_
 from thinkctl.models import model_num_layers, model_stamp
 from thinkctl.seeds import torch_seed
 from thinkctl.tasks import Problem, Task
+from thinkctl.traces.generations import GenerationsFile, model_context_length, tokenize_generations
 from thinkctl.traces.store import TraceStore
 
-__all__ = ["CollectConfig", "collect", "collect_shard", "generate_shard", "label_shard", "checkpoint_positions",
-           "shard_seed", "store_header", "token_confidence"]
+__all__ = ["CollectConfig", "collect", "collect_generations", "collect_shard", "generate_shard", "label_shard",
+           "checkpoint_positions", "shard_seed", "store_header", "token_confidence"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +185,92 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
         bar.update(len(chunk))
     bar.close()
     return store
+
+
+def collect_generations(model: Any, tokenizer: Any, task: Task, source: GenerationsFile, out_dir: str,
+                        cfg: CollectConfig = CollectConfig(), *, model_name: str = "model", allow_lossy: bool = False,
+                        progress: bool = True) -> TraceStore:
+    """Collect traces of recorded generations into the store at ``out_dir`` (resuming one that exists).
+
+    The same store as :func:`collect`, from texts some other generator wrote (a serving engine, files on disk):
+    each text is tokenized as the continuation of its prompt's chat prefix (:func:`tokenize_generations`) and
+    labelled by the same code as live collection (:func:`label_shard`). The whole file is checked -- tokenizer
+    round trip, the model's context -- before the store folder is created.
+
+    Parameters
+    ----------
+    model, tokenizer
+        The model whose states and forced answers are recorded (the one that wrote the texts, ideally).
+    task : Task
+        Extracts and checks answers (:func:`thinkctl.traces.generations.task_for_generations`).
+    source : GenerationsFile
+        The checked file (:func:`thinkctl.traces.generations.read_generations`); its records are the problems,
+        in file order, the first generation of each the greedy one.
+    out_dir : str
+        The store folder; resuming it needs the same file (its SHA-256 is recorded) and the same settings.
+    cfg : CollectConfig
+        ``every``, ``layers``, ``checkpoints``, ``max_answer_tokens``, ``prompt_suffix``, the confidence settings,
+        the batch sizes and ``shard_problems`` apply as in :func:`collect`; ``task`` is set from ``task``,
+        ``n_problems``, ``samples`` (the most generations of a line) and ``max_new_tokens`` (the longest
+        generation in tokens) from the file; ``temperature`` is recorded as the one the sampled generations were
+        drawn at; ``seed`` and ``level`` are not used.
+    allow_lossy : bool, default=False
+        Keep texts that do not round-trip through the tokenizer (with a warning); by default they are an error.
+
+    Examples
+    --------
+    >>> from thinkctl.traces.generations import read_generations, task_for_generations  # doctest: +SKIP
+    >>> task = task_for_generations("gold")                                              # doctest: +SKIP
+    >>> store = collect_generations(model, tokenizer, task, read_generations("gens.jsonl", task),
+    ...                             "traces/", CollectConfig(every=32))                  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.level is not None:
+        raise ValueError(f"level={cfg.level} does not apply to recorded generations (their levels come from the file);"
+                         " use level=None")
+    fmt = reasoning_format(tokenizer)
+    layers = resolve_layers(cfg.layers, model_num_layers(model))
+    tokenized = tokenize_generations(source, tokenizer, fmt, prompt_suffix=cfg.prompt_suffix,
+                                     context_length=model_context_length(model),
+                                     forced_tokens=len(fmt.force_answer_ids) + cfg.max_answer_tokens,
+                                     checkpoints=cfg.checkpoints, allow_lossy=allow_lossy)
+    problems = source.problems
+    cfg = replace(cfg, task=task.name, n_problems=len(problems), samples=max(len(r.texts) for r in source.records),
+                  max_new_tokens=max(1, tokenized.longest))
+    header = store_header(cfg, layers, model_stamp(model, model_name), problems)
+    header["generations"] = {"sha256": source.sha256, "problems": len(problems), "texts": source.n_texts,
+                             "lossy_texts": len(tokenized.lossy)}
+    _check_resumed_source(Path(out_dir), source)
+    store = TraceStore(out_dir)
+    store.init(header)
+    n_shards = math.ceil(len(problems) / cfg.shard_problems)
+    todo = [i for i in range(n_shards) if not store.has_shard(i)]
+    if len(todo) < n_shards:
+        logger.info("resuming %s: %d of %d shards already collected", out_dir, n_shards - len(todo), n_shards)
+    bar = tqdm(total=len(problems), initial=(n_shards - len(todo)) * cfg.shard_problems, disable=not progress,
+               desc=f"label {source.path.name}", unit="problem")
+    for shard in todo:
+        lo, hi = shard * cfg.shard_problems, (shard + 1) * cfg.shard_problems
+        tensors, rows = label_shard(model, tokenizer, fmt, task, problems[lo:hi], tokenized.ids[lo:hi], cfg, layers)
+        store.write_shard(shard, tensors, rows)
+        bar.update(len(problems[lo:hi]))
+    bar.close()
+    return store
+
+
+def _check_resumed_source(out: Path, source: GenerationsFile) -> None:
+    """Refuse to resume a store with another generations file (or one collected live)."""
+    if not (out / "config.json").is_file():
+        return
+    recorded = TraceStore(out).config.get("generations")
+    if recorded is None:
+        raise ValueError(f"trace store {out} was collected live (not from a generations file); write the traces of "
+                         f"{source.path} to a new folder")
+    if recorded.get("sha256") != source.sha256:
+        raise ValueError(f"trace store {out} was collected from another generations file (sha256 "
+                         f"{str(recorded.get('sha256'))[:12]}..., this one is {source.sha256[:12]}...); resume it "
+                         "with the same file, or write to a new folder")
 
 
 def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: list[Problem], cfg: CollectConfig,
