@@ -7,7 +7,10 @@ at every checkpoint, the answer the model gives when forced to answer there (wit
 whether it is right. Shards of ``shard_problems`` problems are committed atomically to a :class:`TraceStore`.
 
 Recording states after generation, in one forward pass, costs far less than tapping every decoding step, and
-gives exactly the same states (the forward pass is causal).
+gives exactly the same states (the forward pass is causal). It also means that generation and labelling are two
+steps (:func:`generate_shard`, :func:`label_shard`): :func:`collect_generations` labels texts that another generator
+wrote (a serving engine, files on disk; see :mod:`thinkctl.traces.generations`) with the same code, into the same
+store.
 """
 
 from __future__ import annotations
