@@ -7,14 +7,18 @@ at every checkpoint, the answer the model gives when forced to answer there (wit
 whether it is right. Shards of ``shard_problems`` problems are committed atomically to a :class:`TraceStore`.
 
 Recording states after generation, in one forward pass, costs far less than tapping every decoding step, and
-gives exactly the same states (the forward pass is causal).
+gives exactly the same states (the forward pass is causal). It also means that generation and labelling are two
+steps (:func:`generate_shard`, :func:`label_shard`): :func:`collect_generations` labels texts that another generator
+wrote (a serving engine, files on disk; see :mod:`thinkctl.traces.generations`) with the same code, into the same
+store.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,9 +29,11 @@ from thinkctl.generation import (chat_prefix, generate_from_prefixes, reasoning_
 from thinkctl.models import model_num_layers, model_stamp
 from thinkctl.seeds import torch_seed
 from thinkctl.tasks import Problem, Task
+from thinkctl.traces.generations import GenerationsFile, model_context_length, tokenize_generations
 from thinkctl.traces.store import TraceStore
 
-__all__ = ["CollectConfig", "collect", "collect_shard", "shard_seed", "store_header", "token_confidence"]
+__all__ = ["CollectConfig", "collect", "collect_generations", "collect_shard", "generate_shard", "label_shard",
+           "checkpoint_positions", "shard_seed", "store_header", "token_confidence"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +190,106 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
     return store
 
 
+def collect_generations(model: Any, tokenizer: Any, task: Task, source: GenerationsFile, out_dir: str,
+                        cfg: CollectConfig = CollectConfig(), *, model_name: str = "model", allow_lossy: bool = False,
+                        progress: bool = True) -> TraceStore:
+    """Collect traces of recorded generations into the store at ``out_dir`` (resuming one that exists).
+
+    The same store as :func:`collect`, from texts some other generator wrote (a serving engine, files on disk):
+    each text is tokenized as the continuation of its prompt's chat prefix (:func:`tokenize_generations`) and
+    labelled by the same code as live collection (:func:`label_shard`). The whole file is checked -- tokenizer
+    round trip, the model's context -- before the store folder is created.
+
+    Parameters
+    ----------
+    model, tokenizer
+        The model whose states and forced answers are recorded (the one that wrote the texts, ideally).
+    task : Task
+        Extracts and checks answers (:func:`thinkctl.traces.generations.task_for_generations`).
+    source : GenerationsFile
+        The checked file (:func:`thinkctl.traces.generations.read_generations`); its records are the problems,
+        in file order, the first generation of each the greedy one.
+    out_dir : str
+        The store folder; resuming it needs the same file (its SHA-256 is recorded) and the same settings.
+    cfg : CollectConfig
+        ``every``, ``layers``, ``checkpoints``, ``max_answer_tokens``, ``prompt_suffix``, the confidence settings,
+        the batch sizes and ``shard_problems`` apply as in :func:`collect`; ``task`` is set from ``task``,
+        ``n_problems``, ``samples`` (the most generations of a line) and ``max_new_tokens`` (the longest
+        generation in tokens) from the file; ``temperature`` is recorded as the one the sampled generations were
+        drawn at; ``seed`` and ``level`` are not used.
+    allow_lossy : bool, default=False
+        Keep texts that do not round-trip through the tokenizer (with a warning); by default they are an error.
+
+    Examples
+    --------
+    >>> from thinkctl.traces.generations import read_generations, task_for_generations  # doctest: +SKIP
+    >>> task = task_for_generations("gold")                                              # doctest: +SKIP
+    >>> store = collect_generations(model, tokenizer, task, read_generations("gens.jsonl", task),
+    ...                             "traces/", CollectConfig(every=32))                  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.level is not None:
+        raise ValueError(f"level={cfg.level} does not apply to recorded generations (their levels come from the file);"
+                         " use level=None")
+    fmt = reasoning_format(tokenizer)
+    layers = resolve_layers(cfg.layers, model_num_layers(model))
+    tokenized = tokenize_generations(source, tokenizer, fmt, prompt_suffix=cfg.prompt_suffix,
+                                     context_length=model_context_length(model),
+                                     forced_tokens=len(fmt.force_answer_ids) + cfg.max_answer_tokens,
+                                     checkpoints=cfg.checkpoints, allow_lossy=allow_lossy)
+    problems = source.problems
+    cfg = replace(cfg, task=task.name, n_problems=len(problems), samples=max(len(r.texts) for r in source.records),
+                  max_new_tokens=max(1, tokenized.longest))
+    header = store_header(cfg, layers, model_stamp(model, model_name), problems)
+    header["generations"] = {"sha256": source.sha256, "problems": len(problems), "texts": source.n_texts,
+                             "lossy_texts": len(tokenized.lossy)}
+    _check_resumed_source(Path(out_dir), source)
+    store = TraceStore(out_dir)
+    store.init(header)
+    n_shards = math.ceil(len(problems) / cfg.shard_problems)
+    todo = [i for i in range(n_shards) if not store.has_shard(i)]
+    if len(todo) < n_shards:
+        logger.info("resuming %s: %d of %d shards already collected", out_dir, n_shards - len(todo), n_shards)
+    bar = tqdm(total=len(problems), initial=(n_shards - len(todo)) * cfg.shard_problems, disable=not progress,
+               desc=f"label {source.path.name}", unit="problem")
+    for shard in todo:
+        lo, hi = shard * cfg.shard_problems, (shard + 1) * cfg.shard_problems
+        tensors, rows = label_shard(model, tokenizer, fmt, task, problems[lo:hi], tokenized.ids[lo:hi], cfg, layers)
+        store.write_shard(shard, tensors, rows)
+        bar.update(len(problems[lo:hi]))
+    bar.close()
+    return store
+
+
+def _check_resumed_source(out: Path, source: GenerationsFile) -> None:
+    """Refuse to resume a store with another generations file (or one collected live)."""
+    if not (out / "config.json").is_file():
+        return
+    recorded = TraceStore(out).config.get("generations")
+    if recorded is None:
+        raise ValueError(f"trace store {out} was collected live (not from a generations file); write the traces of "
+                         f"{source.path} to a new folder")
+    if recorded.get("sha256") != source.sha256:
+        raise ValueError(f"trace store {out} was collected from another generations file (sha256 "
+                         f"{str(recorded.get('sha256'))[:12]}..., this one is {source.sha256[:12]}...); resume it "
+                         "with the same file, or write to a new folder")
+
+
 def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: list[Problem], cfg: CollectConfig,
                   layers: list[int], seed: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """The tensors and rows of one shard of ``problems`` (``fmt``: the model's reasoning format; ``seed``: the
-    shard's sampling seed, :func:`shard_seed`), ready for :meth:`TraceStore.write_shard`."""
+    shard's sampling seed, :func:`shard_seed`), ready for :meth:`TraceStore.write_shard`: the model's
+    generations (:func:`generate_shard`) labelled by :func:`label_shard`."""
+    generations = generate_shard(model, tokenizer, fmt, problems, cfg, seed=seed)
+    return label_shard(model, tokenizer, fmt, task, problems, generations, cfg, layers)
+
+
+def generate_shard(model: Any, tokenizer: Any, fmt: Any, problems: Sequence[Problem], cfg: CollectConfig,
+                   seed: int) -> list[list[list[int]]]:
+    """``cfg.samples`` generations per problem, as new token ids after the prompt's chat prefix: per problem, the
+    greedy generation first, then ``cfg.samples - 1`` sampled at ``cfg.temperature`` (reproducible from
+    ``seed``). Each is cut after its first end-of-sequence token, which it keeps."""
     gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size)
     prefixes = [chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix) for p in problems]
     greedy = generate_from_prefixes(model, prefixes, max_new_tokens=cfg.max_new_tokens, **gen_kw)
@@ -197,14 +299,42 @@ def collect_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: li
         sampled = generate_from_prefixes(model, rep, max_new_tokens=cfg.max_new_tokens, do_sample=True,
                                          temperature=cfg.temperature, seed=seed, **gen_kw)
     # sample j of problem i: j == 0 greedy, else sampled[i * (samples - 1) + j - 1]
+    return [[greedy[i]] + sampled[i * (cfg.samples - 1):(i + 1) * (cfg.samples - 1)] for i in range(len(problems))]
+
+
+def checkpoint_positions(fmt: Any, tokenizer: Any, generated: Sequence[int], cfg: CollectConfig,
+                         greedy: bool) -> tuple[int, bool, list[int]]:
+    """Thinking length of one generation, whether thinking was closed, and its checkpoints (thinking tokens read):
+    every ``cfg.every`` thinking tokens and the end of thinking; none on a sampled generation when
+    ``cfg.checkpoints == "greedy"``."""
+    n_think, closed = thinking_length(fmt, tokenizer, generated)
+    ks = list(range(cfg.every, n_think, cfg.every)) + [n_think]
+    if not greedy and cfg.checkpoints == "greedy":
+        ks = []
+    return n_think, closed, ks
+
+
+def label_shard(model: Any, tokenizer: Any, fmt: Any, task: Task, problems: Sequence[Problem],
+                generations: Sequence[Sequence[Sequence[int]]], cfg: CollectConfig,
+                layers: list[int]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Label given generations: the tensors and rows of one shard, ready for :meth:`TraceStore.write_shard`.
+
+    ``generations[i]`` are the generations of ``problems[i]`` as token ids that continue the chat prefix of its
+    prompt (``chat_prefix(tokenizer, prompt + cfg.prompt_suffix)``), the greedy one first. One teacher-forced pass
+    records the hidden states of ``layers`` at the prompt's last token and at every checkpoint
+    (:func:`checkpoint_positions`) and per-token confidence; then the answer forced at every checkpoint is
+    generated and checked. Whoever produced the generations -- :func:`generate_shard`, or a serving engine whose
+    texts were tokenized -- the labels are computed the same way.
+    """
+    if len(generations) != len(problems):
+        raise ValueError(f"got generations for {len(generations)} problems but {len(problems)} problems")
+    gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size)
+    prefixes = [chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix) for p in problems]
     items = []
-    for i, p in enumerate(problems):
-        for j in range(cfg.samples):
-            gen = greedy[i] if j == 0 else sampled[i * (cfg.samples - 1) + j - 1]
-            n_think, closed = thinking_length(fmt, tokenizer, gen)
-            ks = list(range(cfg.every, n_think, cfg.every)) + [n_think]
-            if j > 0 and cfg.checkpoints == "greedy":
-                ks = []
+    for i in range(len(problems)):
+        for j, generated in enumerate(generations[i]):
+            gen = [int(t) for t in generated]
+            n_think, closed, ks = checkpoint_positions(fmt, tokenizer, gen, cfg, greedy=j == 0)
             items.append((i, j, gen, n_think, closed, ks))
     seqs = [prefixes[i] + gen for i, _, gen, _, _, _ in items]
     positions = [[len(prefixes[i]) - 1] + [len(prefixes[i]) + k - 1 for k in ks] for i, _, _, _, _, ks in items]
