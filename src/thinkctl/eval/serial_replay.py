@@ -48,9 +48,11 @@ Token accounting (as :mod:`thinkctl.controller.engine` counts live)
   plus the marker and the answer tokens; ``"answer"`` counts the marker and answer tokens only (a server that
   reuses the prefix's KV cache). Reading hidden states (``probe``) and token confidences (``deepconf``) is free.
 
-A greedy sample that reached the store's ``max_new_tokens`` without closing its thinking is replayed as if its
-answer were forced there (its last checkpoint), as live budget forcing does at the cap; ``n_truncated`` counts them
-(a live run with a larger cap would think on).
+A greedy sample that reached the store's ``max_new_tokens`` is answered where its last checkpoint forced the answer:
+at the cap, as live budget forcing does there, when its thinking did not close (a live run with a larger cap would
+think on); at the end of thinking when only its answer was cut off (the forced ``</think>`` + answer prefix is what
+the model writes there itself). ``n_truncated`` counts them; to replay a live run, collect with a
+``max_new_tokens`` of at least its thinking cap plus the forced answer.
 
 Measures, per rule: accuracy with its Wilson 95 % interval; mean tokens and thinking tokens with percentile-bootstrap
 95 % intervals over problems; paired differences against ``full`` (accuracy, thinking tokens and tokens saved, paired
@@ -167,6 +169,7 @@ class GreedyTrace:
     answer: str | None
     correct: bool
     closed: bool
+    truncated: bool  # the generation reached the store's cap: its own ending is cut, its answer is forced there
     n_prompt: int
     n_generated: int
     n_thinking: int
@@ -199,7 +202,7 @@ class TraceSet:
 
     @property
     def n_truncated(self) -> int:
-        return sum(not t.closed for t in self.traces)
+        return sum(t.truncated for t in self.traces)
 
     def grid_reason(self) -> str | None:
         """Why the store has no checkpoint grid (None when it has one)."""
@@ -299,6 +302,7 @@ def load_traces(store_path: str | os.PathLike[str], *,
         raise ValueError(f"trace store {path} holds no greedy samples (sample 0, greedy: true) among its "
                          f"{len(rows)}: serial rules replay greedy thinking; collect a store whose first sample per "
                          "problem is greedy (`thinkctl collect`, or `--generations` with the greedy generation first)")
+    cap = int(collect["max_new_tokens"]) if collect.get("max_new_tokens") else None
     window = collect.get("confidence_window")
     window = int(window) if window is not None else None
     scores: dict[int, np.ndarray] = {}
@@ -331,9 +335,11 @@ def load_traces(store_path: str | os.PathLike[str], *,
         if score is not None and (sc is None or len(sc) != len(cks)):
             raise ValueError(f"trace store {path}: the hidden states of problem {pid}'s greedy checkpoints do not "
                              "match its rows; the store is damaged, collect it again")
+        closed = bool(r.get("thinking_closed", True))
         traces.append(GreedyTrace(
             problem_id=pid, level=r.get("level"), gold=r.get("gold"), answer=r.get("answer"),
-            correct=bool(r["correct"]), closed=bool(r.get("thinking_closed", True)),
+            correct=bool(r["correct"]), closed=closed,
+            truncated=not closed or (cap is not None and int(r["n_generated"]) >= cap),
             n_prompt=int(r["n_prompt_tokens"]), n_generated=int(r["n_generated"]), n_thinking=int(r["n_thinking"]),
             position=np.array([int(c["position"]) for c in cks]),
             forced_answer=tuple(c.get("forced_answer") for c in cks),
@@ -344,7 +350,7 @@ def load_traces(store_path: str | os.PathLike[str], *,
     top_k = collect.get("confidence_top_k")
     return TraceSet(path=str(path), traces=traces, model=dict(cfg.get("model") or {}),
                     every=int(collect["every"]) if collect.get("every") else None,
-                    max_new_tokens=int(collect["max_new_tokens"]) if collect.get("max_new_tokens") else None,
+                    max_new_tokens=cap,
                     confidence_window=window, confidence_top_k=int(top_k) if top_k is not None else None,
                     layers=list(cfg.get("layers_resolved") or []), n_samples=len(rows))
 
@@ -537,7 +543,7 @@ def _oracle_run(t: GreedyTrace) -> Outcome:
         return Outcome(0)
     wrong = np.flatnonzero(~t.forced_correct)
     first = int(wrong[-1]) + 1 if wrong.size else 0
-    if not t.closed:  # the reference answer is forced at the last checkpoint, which is right
+    if t.truncated:  # the reference answer is forced at the last checkpoint, which is right
         return Outcome(first)
     return Outcome(first if first < t.n_checkpoints else None)
 
@@ -773,12 +779,12 @@ def resolve_rules(names: Sequence[str] | str | None, inputs: _Inputs) -> tuple[l
 
 def _reference_correct(t: GreedyTrace) -> bool:
     """Whether ``full`` is right: the final answer, or the answer forced at the cap for a truncated trace."""
-    return bool(t.correct) if t.closed else bool(t.forced_correct[-1])
+    return bool(t.forced_correct[-1]) if t.truncated else bool(t.correct)
 
 
 def _row(t: GreedyTrace, name: str, out: Outcome) -> dict[str, Any]:
     stop, reason = out.stop, "end"
-    if stop is None and not t.closed:
+    if stop is None and t.truncated:
         stop, reason = t.n_checkpoints - 1, _STOP_ON_CAP
     if stop is None:
         answer, correct = t.answer, bool(t.correct)
