@@ -926,8 +926,8 @@ def replay_serial(store: str | os.PathLike[str], *, bundle: str | os.PathLike[st
                        f"differences vs full: percentile bootstrap over problems ({cfg.n_bootstrap} resamples, "
                        f"seed {cfg.seed})",
         "answers": "the forced answer at the checkpoint where the rule stops (recorded forced_correct), else the "
-                   "sample's final answer; a trace that reached the store's cap without closing its thinking is "
-                   "answered there (its last checkpoint's forced answer)",
+                   "sample's final answer; a trace that reached the store's max_new_tokens is answered by its last "
+                   "checkpoint's forced answer (at the cap, or at the end of thinking when only the answer was cut)",
         "loss": "loss_rate = share of problems whose full answer is right and whose answer under the rule is wrong",
     }
     return {"strategies": strategies, "config": config_out, "rows": rows}
