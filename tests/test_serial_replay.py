@@ -136,6 +136,23 @@ def test_dynasor_options_change_agreement_count_and_probe_cost(tmp_path):
     assert [r["probes"] for r in res["rows"] if r["strategy"] == "dynasor"] == [1, 0, 0]
 
 
+def test_deepconf_threshold_comes_from_each_problems_warmup_traces(tmp_path):
+    # p0's sampled traces end with lowest group confidences 3, 5, 7, 9 (a fifth, 1, is past the warm-up of 4)
+    lows = [3.0, 5.0, 7.0, 9.0, 1.0]
+    rows = [trace("p0", ["4", "4", "4", "4"], final="4", conf=[9.0, 9.0, 3.5, 3.5])]
+    rows += [trace("p0", ["4", "4"], final="4", conf=[9.0, low], greedy=False) for low in lows]
+    rows += [trace("p1", ["4", "4", "4", "4"], final="4", conf=[9.0, 9.0, 3.5, 3.5])]
+    rows += [trace("p1", ["4", "4"], final="4", conf=[9.0, 2.0], greedy=False) for _ in range(4)]
+    write_store(tmp_path / "s", rows)
+    res = replay_serial(tmp_path / "s", rules="deepconf")
+    dc = by_problem(res, "deepconf")
+    # p0: threshold = 10th percentile of (3, 5, 7, 9) = 3.6 > 3.5: fires at 24; p1: threshold 2.0 < 3.5: never
+    assert dc["p0"]["stop"] == "stopped" and dc["p0"]["thinking_tokens"] == 24
+    assert dc["p1"]["stop"] == "end"
+    assert res["config"]["rules"]["deepconf"]["threshold_mean"] == pytest.approx((np.percentile(lows[:4], 10) + 2) / 2)
+    assert "warm-up" in res["config"]["rules"]["deepconf"]["threshold_source"]
+
+
 def test_a_trace_cut_by_the_store_cap_is_answered_where_the_answer_was_forced(tmp_path):
     rows = [trace("p0", ["1", "1", "4", "4"], final=None, closed=False, n_generated=32),  # thinking never closed
             trace("p1", ["4", "4"], final="4")]

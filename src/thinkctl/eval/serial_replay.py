@@ -80,7 +80,7 @@ import numpy as np
 from thinkctl.registry import Registry
 from thinkctl.stats import wilson_interval
 
-__all__ = ["SerialReplayConfig", "GreedyTrace", "TraceSet", "CertifiedStopRule", "Outcome", "SerialRule",
+__all__ = ["SerialReplayConfig", "GreedyTrace", "TraceSet", "CertifiedStopRule", "Outcome", "SerialRule", "RuleInputs",
            "SERIAL_RULES", "DEFAULT_RULES", "PROBE_COSTS", "load_traces", "load_certified_rule", "check_same_model",
            "resolve_rules", "replay_rows", "replay_serial"]
 
@@ -95,8 +95,7 @@ PROBE_COSTS = ("prefill", "answer")
 #: Dynasor's probe interval and agreement count (Fu et al. 2024; :mod:`thinkctl.stopping.rules`).
 DYNASOR_EVERY = 32
 DYNASOR_K = 3
-#: The controller's default serial schedule when a bundle records no certified check points: budgets
-#: ``INITIAL_BUDGET * BUDGET_FACTOR**j`` (:class:`~thinkctl.controller.ControllerConfig`).
+#: Row ``stop`` of a trace answered at the store's cap (the others: ``stopped`` before the end of thinking, ``end``).
 _STOP_ON_CAP = "cap"
 
 
@@ -507,7 +506,10 @@ class SerialRule:
 
 
 @dataclass(frozen=True)
-class _Inputs:
+class RuleInputs:
+    """What a rule factory may read: the traces, the bundle's certified rule (or None), the settings, and the
+    warm-up source of ``deepconf`` from the bundle's trace store (or None)."""
+
     data: TraceSet
     rule: CertifiedStopRule | None
     cfg: SerialReplayConfig
@@ -516,7 +518,7 @@ class _Inputs:
 
 #: Serial rules by base name: ``factory(param, name, inputs) -> SerialRule``; raises :class:`RuleUnavailable` when
 #: the inputs cannot serve the rule.
-SERIAL_RULES: Registry[Callable[[int | None, str, _Inputs], SerialRule]] = Registry("serial rule")
+SERIAL_RULES: Registry[Callable[[int | None, str, RuleInputs], SerialRule]] = Registry("serial rule")
 
 
 def _no_param(param: int | None, name: str) -> None:
@@ -531,7 +533,7 @@ def _grid(data: TraceSet, name: str) -> int:
 
 
 @SERIAL_RULES.register("full")
-def _full(param: int | None, name: str, inp: _Inputs) -> SerialRule:
+def _full(param: int | None, name: str, inp: RuleInputs) -> SerialRule:
     _no_param(param, name)
     return SerialRule(name, lambda t: Outcome(None), {
         "rule": "greedy thinking to its natural end; the sample's own final answer",
@@ -549,7 +551,7 @@ def _oracle_run(t: GreedyTrace) -> Outcome:
 
 
 @SERIAL_RULES.register("oracle")
-def _oracle(param: int | None, name: str, inp: _Inputs) -> SerialRule:
+def _oracle(param: int | None, name: str, inp: RuleInputs) -> SerialRule:
     _no_param(param, name)
     return SerialRule(name, _oracle_run, {
         "rule": "the earliest checkpoint from which every forced answer stays right (the final answer included); "
@@ -558,7 +560,7 @@ def _oracle(param: int | None, name: str, inp: _Inputs) -> SerialRule:
 
 
 @SERIAL_RULES.register("fixed")
-def _fixed(param: int | None, name: str, inp: _Inputs) -> SerialRule:
+def _fixed(param: int | None, name: str, inp: RuleInputs) -> SerialRule:
     if param is None:
         raise ValueError(f"rule {name!r} needs a thinking budget, e.g. fixed@64")
     every = _grid(inp.data, name)
@@ -588,7 +590,7 @@ def _probe_cost(t: GreedyTrace, i: int, how: str) -> int:
 
 
 @SERIAL_RULES.register("dynasor")
-def _dynasor(param: int | None, name: str, inp: _Inputs) -> SerialRule:
+def _dynasor(param: int | None, name: str, inp: RuleInputs) -> SerialRule:
     every = _grid(inp.data, name)
     k, how = inp.cfg.dynasor_k, inp.cfg.probe_cost
     note = None
@@ -632,7 +634,7 @@ def _dynasor(param: int | None, name: str, inp: _Inputs) -> SerialRule:
     return SerialRule(name, run, info)
 
 
-def _deepconf_thresholds(inp: _Inputs) -> tuple[dict[str, float], str]:
+def _deepconf_thresholds(inp: RuleInputs) -> tuple[dict[str, float], str]:
     """Per-problem DeepConf thresholds and where they come from; RuleUnavailable when nothing sets them."""
     from thinkctl.controller.parallel import DeepConfOnline
 
@@ -645,7 +647,11 @@ def _deepconf_thresholds(inp: _Inputs) -> tuple[dict[str, float], str]:
                 f"per problem, the {100 - cfg.deepconf_keep_percent:g}th percentile of the lowest group confidence "
                 f"of its first {cfg.deepconf_warmup} sampled traces (DeepConf online warm-up)")
     if inp.bundle_traces is not None:
-        lowest = inp.bundle_traces()
+        try:
+            lowest = inp.bundle_traces()
+        except (ValueError, FileNotFoundError) as exc:
+            raise RuleUnavailable(f"deepconf: the bundle's trace store cannot serve as DeepConf's warm-up ({exc}); "
+                                  "give --deepconf-threshold") from None
         value = online.threshold(lowest)
         return ({t.problem_id: value for t in data.traces},
                 f"the {100 - cfg.deepconf_keep_percent:g}th percentile of the lowest group confidence of the "
@@ -657,7 +663,7 @@ def _deepconf_thresholds(inp: _Inputs) -> tuple[dict[str, float], str]:
 
 
 @SERIAL_RULES.register("deepconf")
-def _deepconf(param: int | None, name: str, inp: _Inputs) -> SerialRule:
+def _deepconf(param: int | None, name: str, inp: RuleInputs) -> SerialRule:
     _no_param(param, name)
     data = inp.data
     if data.confidence_window is None:
@@ -684,7 +690,7 @@ def _deepconf(param: int | None, name: str, inp: _Inputs) -> SerialRule:
 
 
 @SERIAL_RULES.register("probe")
-def _probe(param: int | None, name: str, inp: _Inputs) -> SerialRule:
+def _probe(param: int | None, name: str, inp: RuleInputs) -> SerialRule:
     _no_param(param, name)
     rule = inp.rule
     if rule is None:
@@ -745,7 +751,7 @@ def _parse(name: str) -> tuple[str, int | None]:
     return base, param
 
 
-def resolve_rules(names: Sequence[str] | str | None, inputs: _Inputs) -> tuple[list[SerialRule], dict[str, str]]:
+def resolve_rules(names: Sequence[str] | str | None, inputs: RuleInputs) -> tuple[list[SerialRule], dict[str, str]]:
     """The rules to replay and those skipped (name -> reason). Named rules that the inputs cannot serve are an
     error; with ``names=None`` (every rule the inputs allow) they are skipped with the reason. ``full`` is always
     included (first): it is the reference of the comparisons."""
@@ -851,9 +857,9 @@ def _bundle_lowest(rule: CertifiedStopRule, data: TraceSet) -> Callable[[], list
     def read() -> list[float]:
         other = load_traces(rule.trace_store)  # type: ignore[arg-type]
         if (other.confidence_window, other.confidence_top_k) != (data.confidence_window, data.confidence_top_k):
-            raise ValueError(f"deepconf: the bundle's trace store {other.path} records token confidence with window "
-                             f"{other.confidence_window} and top-k {other.confidence_top_k}, the replayed store with "
-                             f"{data.confidence_window} and {data.confidence_top_k}; give --deepconf-threshold")
+            raise ValueError(f"{other.path} records token confidence with window {other.confidence_window} and "
+                             f"top-k {other.confidence_top_k}, the replayed store with {data.confidence_window} and "
+                             f"{data.confidence_top_k}")
         values = []
         for t in other.traces:
             valid = t.lowest_group[~np.isnan(t.lowest_group)]
@@ -884,7 +890,9 @@ def replay_serial(store: str | os.PathLike[str], *, bundle: str | os.PathLike[st
     -------
     dict
         ``{"strategies": {rule: {"accuracy", "ci95", "tokens_mean", "tokens_ci95", "thinking_tokens_mean",
-        "thinking_tokens_ci95", "samples_mean", "n", "loss_rate", "vs_full", ...}}, "config": {...}}``.
+        "thinking_tokens_ci95", "samples_mean", "n", "loss_rate", "vs_full", ...}}, "config": {...}, "rows": [...]}``
+        where ``rows`` holds one row per (problem, rule) (:func:`replay_rows`; ``thinkctl replay`` does not write
+        them).
 
     Raises
     ------
@@ -906,7 +914,7 @@ def replay_serial(store: str | os.PathLike[str], *, bundle: str | os.PathLike[st
         data = load_traces(store, score=certified.stop_score, layer=certified.layer)
     else:
         data = load_traces(store)
-    inputs = _Inputs(data, certified, cfg, _bundle_lowest(certified, data) if certified is not None else None)
+    inputs = RuleInputs(data, certified, cfg, _bundle_lowest(certified, data) if certified is not None else None)
     chosen, skipped = resolve_rules(rules, inputs)
     rows = replay_rows(data, chosen)
     strategies = _summary(rows, chosen, cfg, certified)
