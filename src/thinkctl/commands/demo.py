@@ -24,7 +24,7 @@ import argparse
 
 from pathlib import Path
 
-from thinkctl.commands._common import add_model_argument, add_progress_argument, write_json
+from thinkctl.commands._common import add_model_argument, add_progress_argument, check_output_dir, write_json
 
 NAME = "demo"
 HELP = "end to end on the embedded model: collect -> train -> calibrate -> evaluate -> report"
@@ -65,11 +65,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_argument(p)
 
 
+def _demo_output(name: str) -> bool:
+    """Whether a file name in --out is one a demo writes: an output, or the temporary file of an atomic write of one
+    (``.NAME.PID.tmp``) that a killed run left behind."""
+    import re
+
+    m = re.fullmatch(r"\.(.+)\.\d+\.tmp", name)
+    return name in DEMO_OUTPUTS or (m is not None and m.group(1) in DEMO_OUTPUTS)
+
+
 def _check_fresh(out: Path) -> None:
     """Refuse to delete a folder that holds anything a demo does not write."""
     if not out.is_dir():
         raise ValueError(f"--out {out} is not a folder; give a folder for the demo's outputs")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS)
+    foreign = sorted(p.name for p in out.iterdir() if not _demo_output(p.name))
     if foreign:
         raise ValueError(f"--fresh would delete {out}, which holds files a demo did not write ({', '.join(foreign[:5])}"
                          f"{', ...' if len(foreign) > 5 else ''}); choose another --out or remove them yourself")
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     cal_cfg = CalibrationConfig(epsilon=args.epsilon)
     strategies = [s.strip() for s in (args.strategies or DEMO_STRATEGIES.format(cap=args.token_cap)).split(",")
                   if s.strip()]
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     if args.fresh and out.exists():
         _check_fresh(out)
         shutil.rmtree(out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from thinkctl.commands._common import add_progress_argument, write_json
+from thinkctl.commands._common import add_progress_argument, check_output_file, write_json
 
 NAME = "replay"
 HELP = "parallel-sampling stopping policies (sc, esc, asc, adaptive, weighted, best_of) on recorded samples"
@@ -49,6 +49,7 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.json, "--json")
     from thinkctl.eval.replay import ReplayConfig, load_replay, run_replay
 
     cfg = ReplayConfig(permutations=args.permutations, seed=args.seed, esc_window=args.esc_window,
