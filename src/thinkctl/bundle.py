@@ -148,7 +148,7 @@ class BundleLayout:
         """
         if not self.is_bundle():
             raise MissingArtefactError(f"{self.root} is not a bundle (no {MANIFEST}); {_TRAIN_HINT}")
-        doc = read_json(self.manifest_path)
+        doc = read_json(self.manifest_path, f"the bundle's manifest is damaged; {_TRAIN_HINT}")
         source = str(self.manifest_path)
         if isinstance(doc, Mapping) and "format" not in doc:
             if doc.get("kind") != LEGACY_MANIFEST_KIND and "confidence_layer" not in doc:
@@ -189,7 +189,7 @@ class BundleLayout:
         ValueError
             If it is of another kind or from an incompatible thinkctl.
         """
-        doc = read_json(self.path(part))
+        doc = read_json(self.path(part), f"{part} is written by `thinkctl calibrate`; run it again on {self.root}")
         if isinstance(doc, Mapping) and "format" not in doc:
             return dict(doc)
         env = open_envelope(doc, FAMILY, (kind,), source=str(self.path(part)),

@@ -213,9 +213,10 @@ def loads_strict(text: str) -> Any:
     return json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)
 
 
-def read_json(path: str | os.PathLike[str], hint: str = "pass a file written by save()") -> Any:
+def read_json(path: str | os.PathLike[str], hint: str = "pass a file written by save()", *,
+              allow_nan: bool = False) -> Any:
     """Read a JSON file with a clear error (naming the file, ending with ``hint``) for a missing, cut short,
-    malformed or non-UTF-8 file, or one holding NaN or infinity."""
+    malformed or non-UTF-8 file, or (unless ``allow_nan``) one holding NaN or infinity."""
     p = Path(path)
     if not p.is_file():
         raise MissingArtefactError(f"no file at {str(p)!r}; {hint}")
@@ -225,7 +226,7 @@ def read_json(path: str | os.PathLike[str], hint: str = "pass a file written by 
         raise ValueError(f"{str(p)!r} is not UTF-8 text (byte {exc.start}); it is damaged or not a thinkctl file: "
                          f"{hint}") from None
     try:
-        return loads_strict(text)
+        return json.loads(text) if allow_nan else loads_strict(text)
     except _NonFinite as exc:
         raise ValueError(f"{str(p)!r} holds a non-finite number ({exc}); it is damaged or was not written by "
                          f"thinkctl, which never saves one: {hint}") from None

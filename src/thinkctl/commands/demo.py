@@ -85,7 +85,6 @@ def _check_fresh(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import shutil
     import time
     from dataclasses import replace
@@ -100,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.eval.evaluate import (evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot,
                                         summarize)
     from thinkctl.models import load_model, model_id
+    from thinkctl.persistence import read_json
     from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
     from thinkctl.traces import CollectConfig, collect
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     stage("train predictors")
     if not BundleLayout(bundle).is_bundle():
         train_predictors(store, bundle, split_cfg)
-    train = json.loads((bundle / "train_report.json").read_text())
+    train = read_json(bundle / "train_report.json", f"delete {bundle} and run the demo again", allow_nan=True)
     stage("calibrate (calibrators, Learn-then-Test stop rule, routing table)")
     cal = calibrate_bundle(bundle, cal_cfg)
     ctl_cfg = ControllerConfig(seed=args.seed, temperature=args.temperature, token_cap=args.token_cap,

@@ -127,9 +127,9 @@ def run(args: argparse.Namespace) -> int:
     task = thinkctl.tasks.get(args.task)
     problems = task.sample(args.n, seed=args.seed, level=args.level)
     if traced_ids is not None and not traced_ids & {str(p.id) for p in problems}:
-        raise ValueError(f"--traces {args.traces} holds traces of none of the {len(problems)} problems evaluated (task "
-                         f"{args.task}, seed {args.seed}); give the traces of these problems (thinkctl collect with the "
-                         "same --task, --seed and --n) or drop --traces")
+        raise ValueError(f"--traces {args.traces} holds traces of none of the {len(problems)} problems evaluated "
+                         f"(task {args.task}, seed {args.seed}); give the traces of these problems (thinkctl collect "
+                         "with the same --task, --seed and --n) or drop --traces")
     if args.instruct:
         from thinkctl.embedded.gym import INSTRUCT_SUFFIX
 

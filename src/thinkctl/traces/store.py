@@ -169,6 +169,8 @@ class TraceStore:
     def init(self, config: dict[str, Any]) -> None:
         """Create the store, or check that an existing one was made with the same config; takes the writer's lock.
 
+        A store with no shard yet (a run that failed before its first shard) takes the new config.
+
         Raises
         ------
         StoreInUseError
@@ -183,14 +185,14 @@ class TraceStore:
         self.lock()
         want = json.loads(json.dumps(config))
         cfg_path = self.path / CONFIG_FILE
-        if cfg_path.exists():
+        shards = self.shard_indices(check=False)
+        if cfg_path.exists() and shards:
             old = self._read_config()
             if old != want:
                 diff = sorted(k for k in set(old) | set(want) if old.get(k) != want.get(k))
                 raise ValueError(f"trace store {self.path} was collected with a different config (differs in {diff});"
                                  " resume with the same settings or write to a new folder")
             return
-        shards = self.shard_indices(check=False)
         if shards:
             raise ValueError(f"{self.path} holds {len(shards)} trace shard(s) but no {CONFIG_FILE} recording how they "
                              "were collected; collect into a new folder (or delete the shards to start over)")
