@@ -231,6 +231,7 @@ def read_json(path: str | os.PathLike[str], hint: str = "pass a file written by 
         raise ValueError(f"{str(p)!r} holds a non-finite number ({exc}); it is damaged or was not written by "
                          f"thinkctl, which never saves one: {hint}") from None
     except json.JSONDecodeError as exc:
-        cut = " (the file looks cut short)" if exc.pos >= len(text.rstrip()) - 1 else ""
+        cut = (" (the file looks cut short)" if exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated")
+               else "")
         raise ValueError(f"{str(p)!r} is not valid JSON{cut}: {exc.msg} at line {exc.lineno} column {exc.colno}; "
                          f"it is damaged: {hint}") from None
