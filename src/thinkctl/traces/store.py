@@ -160,6 +160,13 @@ class TraceStore:
         self._finalizer = None
         self._lock_key = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (pickled for another process, deep-copied) reads the same folder but does not hold the lock."""
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
     def __enter__(self) -> "TraceStore":
         return self
 
@@ -236,7 +243,8 @@ class TraceStore:
             raise DamagedStoreError(f"{cfg_path} is not a trace store config (a JSON object); collect again into a "
                                     "new folder")
         if not self._version_checked:
-            check_saved_version(doc.get("thinkctl_version"), str(cfg_path))
+            if "thinkctl_version" in doc:  # a store assembled by hand may carry no stamp; it is not checked
+                check_saved_version(doc["thinkctl_version"], str(cfg_path))
             self._version_checked = True
         return doc
 
