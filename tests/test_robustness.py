@@ -54,7 +54,7 @@ def test_output_of_the_wrong_kind_is_refused_before_any_work(template, kind, tmp
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "Traceback" not in err and str(out) in err
-    assert ("is a file, not a folder" if kind == "dir" else "is a folder; name the file") in err
+    assert ("is a file, not a folder" if kind == "dir" else "is a directory; name the file") in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
     if kind == "dir":
         assert out.read_text() == "keep me"

@@ -67,7 +67,7 @@ def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
     """
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"{option} {p} is a folder; name the file to write, e.g. {p / 'results.json'}")
+        raise ValueError(f"{option} {p} is a directory; name the file to write, e.g. {p / 'results.json'}")
     if p.exists() and not p.is_file():
         raise ValueError(f"{option} {p} exists and is not a regular file; choose another path")
     _check_parent(p, option)
