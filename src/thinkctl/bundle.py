@@ -80,7 +80,7 @@ MANIFEST_KIND = "manifest"
 #: ``kind`` of a manifest written before the envelope.
 LEGACY_MANIFEST_KIND = "thinkctl-bundle"
 
-_TRAIN_HINT = "create one with `thinkctl train --store TRACES --out BUNDLE`"
+_TRAIN_HINT = "create one with `thinkctl train --traces TRACES --out BUNDLE`"
 _CALIBRATE_HINT = "run `thinkctl calibrate {root}`"
 
 
@@ -148,7 +148,8 @@ class BundleLayout:
         """
         if not self.is_bundle():
             raise MissingArtefactError(f"{self.root} is not a bundle (no {MANIFEST}); {_TRAIN_HINT}")
-        doc = read_json(self.manifest_path)
+        doc = read_json(self.manifest_path, "write the bundle again with `thinkctl train --traces TRACES --out "
+                                            "BUNDLE` (then `thinkctl calibrate`)")
         source = str(self.manifest_path)
         if isinstance(doc, Mapping) and "format" not in doc:
             if doc.get("kind") != LEGACY_MANIFEST_KIND and "confidence_layer" not in doc:
@@ -189,7 +190,7 @@ class BundleLayout:
         ValueError
             If it is of another kind or from an incompatible thinkctl.
         """
-        doc = read_json(self.path(part))
+        doc = read_json(self.path(part), f"{part} is written by `thinkctl calibrate`; run it again on {self.root}")
         if isinstance(doc, Mapping) and "format" not in doc:
             return dict(doc)
         env = open_envelope(doc, FAMILY, (kind,), source=str(self.path(part)),
@@ -232,7 +233,7 @@ class BundleLayout:
                 return c
         raise MissingArtefactError(
             f"the trace store of bundle {self.root} is not at {' or '.join(map(str, candidates))}; move it back, or "
-            "retrain the bundle from it: `thinkctl train --store TRACES --out BUNDLE`")
+            "retrain the bundle from it: `thinkctl train --traces TRACES --out BUNDLE`")
 
     # -- parts and staleness -----------------------------------------------------------------------------------
 

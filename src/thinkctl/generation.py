@@ -16,7 +16,8 @@ import torch
 from thinkctl.seeds import torch_seed
 from thinkctl.tasks.base import ANSWER_PREFIX, THINK_CLOSE, THINK_OPEN
 
-__all__ = ["ReasoningFormat", "reasoning_format", "chat_prefix", "generate_from_prefixes", "thinking_length"]
+__all__ = ["ReasoningFormat", "reasoning_format", "chat_prefix", "generate_from_prefixes", "thinking_length",
+           "model_context_length", "check_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,63 @@ def thinking_length(fmt: ReasoningFormat, tokenizer: Any, generated: Sequence[in
     return max(0, lo - 1), True
 
 
+#: Config fields that give a model's context length (positions), in the order they are looked for.
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def model_context_length(model: Any) -> int | None:
+    """The number of positions ``model`` was built for (``max_position_embeddings`` in its config; GPT-2's
+    ``n_positions``), or None when its config states none."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    configs = [cfg]
+    if hasattr(cfg, "get_text_config"):
+        configs.append(cfg.get_text_config())
+    for c in configs:
+        for name in CONTEXT_FIELDS:
+            value = getattr(c, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+_WARNED_CONTEXT: set[tuple[int, int, str]] = set()
+
+
+def check_context(model: Any, prompt_tokens: int, new_tokens: int, *, cap_name: str = "max_new_tokens",
+                  what: str = "a prompt") -> None:
+    """Check, before anything is allocated, that ``prompt_tokens`` plus up to ``new_tokens`` generated tokens fit
+    ``model``'s context (:func:`model_context_length`; a model whose config states none is not checked).
+
+    Raises
+    ------
+    ValueError
+        When the cap ``new_tokens`` alone is beyond the context, or the prompt alone fills it; the message names
+        ``cap_name`` (the option to lower) or the prompt (``what``).
+
+    A prompt and cap that fit one by one but not together log a warning (once per context, cap and option): a
+    generation that long would run past the positions the model was built for.
+    """
+    ctx = model_context_length(model)
+    if ctx is None or prompt_tokens + new_tokens <= ctx:
+        return
+    if new_tokens > ctx:
+        raise ValueError(f"{cap_name}={new_tokens} is beyond the model's context of {ctx} positions "
+                         f"(max_position_embeddings in its config), which must also hold the prompt; use a "
+                         f"{cap_name} of at most {ctx - max(1, prompt_tokens)}")
+    if prompt_tokens >= ctx:
+        raise ValueError(f"{what} is {prompt_tokens} tokens long, which fills the model's context of {ctx} positions "
+                         f"(max_position_embeddings in its config) and leaves no room to generate; shorten it")
+    key = (ctx, new_tokens, cap_name)
+    if key not in _WARNED_CONTEXT:
+        _WARNED_CONTEXT.add(key)
+        logger.warning("%s=%d plus a prompt of %d tokens can reach %d positions, past the model's context of %d: a "
+                       "generation that long would continue where the model was never trained; use %s=%d or less to "
+                       "stay within it", cap_name, new_tokens, prompt_tokens, prompt_tokens + new_tokens, ctx,
+                       cap_name, ctx - prompt_tokens)
+
+
 @torch.no_grad()
 def generate_from_prefixes(model: Any, prefixes: Sequence[Sequence[int]], *, pad_id: int,
                            eos_ids: Sequence[int], max_new_tokens: int, do_sample: bool = False,
@@ -109,6 +167,9 @@ def generate_from_prefixes(model: Any, prefixes: Sequence[Sequence[int]], *, pad
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    if prefixes:
+        longest = max(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        check_context(model, len(prefixes[longest]), max_new_tokens, what=f"prefix {longest}")
     order = sorted(range(len(prefixes)), key=lambda i: (len(prefixes[i]), i))
     out: list[list[int]] = [[] for _ in prefixes]
     device = next(model.parameters()).device

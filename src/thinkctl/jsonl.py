@@ -19,11 +19,18 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
         On a line that is not valid JSON or not a JSON object; the message names ``FILE:LINE``.
     """
     p = Path(path)
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    if p.is_dir():
+        raise ValueError(f"{p} is a folder; pass a JSONL file (one JSON object per line)")
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{p}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where}: not UTF-8 text (byte {exc.start} of the line); save the file as UTF-8 "
+                                 "(e.g. iconv -f latin1 -t utf-8)") from None
             if not line.strip():
                 continue
-            where = f"{p}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:

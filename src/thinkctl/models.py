@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from thinkctl.devices import resolve_device
+from thinkctl.generation import check_context, model_context_length
 
 __all__ = [
     "load_model",
     "model_id",
     "model_hidden_size",
     "model_num_layers",
+    "model_context_length",
+    "check_context",
     "model_fingerprint",
     "model_stamp",
     "check_stamp",
@@ -145,6 +148,27 @@ def _load_pretrained(directory: Path, *, gguf_file: str | None, dtype: Any) -> t
     return model, tokenizer
 
 
+def _check_config_file(cfg: Path) -> None:
+    """A ModelSpecError naming ``cfg`` when it is not a readable JSON object with a ``model_type``."""
+    import json
+
+    why = None
+    try:
+        doc = json.loads(cfg.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        why = f"not UTF-8 text (byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        why = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    else:
+        if not isinstance(doc, dict):
+            why = f"a JSON {type(doc).__name__}, not an object"
+        elif not isinstance(doc.get("model_type"), str):
+            why = "it has no 'model_type'"
+    if why:
+        raise ModelSpecError(f"{cfg} is not a valid transformers model config ({why}); the model folder is damaged or "
+                             "incomplete: save the model again with model.save_pretrained(folder)")
+
+
 def _resolve(spec: str) -> tuple[str, Path | None]:
     """``("embedded" | "smollm2" | "dir" | "gguf", path)`` for a spec, or a :class:`ModelSpecError`."""
     if spec.strip().lower() in EMBEDDED_SPECS:
@@ -154,6 +178,7 @@ def _resolve(spec: str) -> tuple[str, Path | None]:
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
+            _check_config_file(path / "config.json")
             return "dir", path.resolve()
         raise ModelSpecError(f"model directory {path} has no config.json, so it is not a transformers model "
                          f"(save one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)); "
@@ -226,7 +251,14 @@ def load_model(spec: str | os.PathLike[str], *, dtype: Any = None, device: Any =
     else:
         assert path is not None
         logger.info("loading transformers model from %s", path)
-        model, tokenizer = _load_pretrained(path, gguf_file=None, dtype=dtype)
+        try:
+            model, tokenizer = _load_pretrained(path, gguf_file=None, dtype=dtype)
+        except (OSError, KeyError, ValueError) as exc:
+            # transformers' own errors (an unknown model_type, missing weights or tokenizer files) reach the user
+            # with the folder named and what to do
+            raise ModelSpecError(f"cannot load the transformers model in {path}: {exc}; the folder needs config.json, "
+                                 "the weights and the tokenizer files that model.save_pretrained(folder) and "
+                                 "tokenizer.save_pretrained(folder) write") from exc
         ident = str(path)
     return _finish(model, tokenizer, ident=ident, device=device)
 

@@ -7,10 +7,93 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["add_model_argument", "add_progress_argument", "write_json", "script_parser", "run_script"]
+__all__ = ["add_model_argument", "add_progress_argument", "write_json", "script_parser", "run_script",
+           "check_output_file", "check_output_dir", "int_list"]
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type of a comma-separated list of integers (``--layers 0,-1``); a clear usage error otherwise."""
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 0,2,-1)") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no integer; give e.g. 0,2,-1")
+    return values
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (in any form: folder, file, link)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_writable(folder: Path) -> str | None:
+    """None when a file can be created in ``folder``, else why not. Tries it (a temporary file, removed at once):
+    permission bits, read-only mounts and special file systems all answer the same way."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".thinkctl-write-check-")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def _check_parent(path: Path, option: str) -> None:
+    """The folder ``path`` will be written into exists as a folder (or can be created) and is writable."""
+    anchor = _existing_ancestor(path.parent)
+    if not anchor.is_dir():
+        raise ValueError(f"{option} {path}: {anchor} is a file, so no folder can be made there; choose another path")
+    why = _probe_writable(anchor)
+    if why:
+        raise ValueError(f"{option} {path}: cannot write in {anchor} ({why}); choose a folder you can write to")
+
+
+def check_output_file(path: str | os.PathLike[str], option: str) -> Path:
+    """Check, before any work, that the output file ``path`` of ``option`` (e.g. ``"--json"``) can be written.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is a folder, lies under a file, or its folder (or the nearest one that exists) is not writable;
+        the message names the option and the path.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {p} is a directory; name the file to write, e.g. {p / 'results.json'}")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{option} {p} exists and is not a regular file; choose another path")
+    _check_parent(p, option)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """Check, before any work, that the output folder ``path`` of ``option`` (e.g. ``"--out"``) can be created or
+    written into.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is an existing file, lies under a file, or is (or would be created in) a folder that is not
+        writable; the message names the option and the path.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {p} is a file, not a folder; give a folder (it is created if missing)")
+    if p.is_dir():
+        why = _probe_writable(p)
+        if why:
+            raise ValueError(f"{option} {p}: cannot write in it ({why}); choose a folder you can write to")
+        return p
+    _check_parent(p, option)
+    return p
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -50,12 +133,9 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (temp file + rename), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    from thinkctl.persistence import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def script_parser(prog: str, description: str | None,

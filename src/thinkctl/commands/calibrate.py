@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from thinkctl.commands._common import check_output_dir
+
 NAME = "calibrate"
 HELP = "calibrate a bundle's confidence probe and certify its early-stopping threshold (Learn-then-Test)"
 DESCRIPTION = __doc__
@@ -16,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "at least 114 calib problems to certify anything, several hundred to stop often)")
     p.add_argument("--delta", type=float, default=0.1, help="allowed probability that the guarantee fails")
     p.add_argument("--method", choices=["binomial", "hoeffding-bentkus"], default="binomial")
-    p.add_argument("--check-points", default=None, metavar="B1,B2,...",
+    p.add_argument("--check-points", default=None, metavar="B1,B2,...", type=lambda t: _check_points(t),
                    help="thinking budgets at which the certified stop rule reads its score (default: the trace "
                         "store's checkpoint grid, every --every tokens of `thinkctl collect`, which the controller "
                         "then reads; give a custom ControllerConfig's check_points here; 'all': every recorded "
@@ -31,15 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_points(text: str) -> tuple[int, ...]:
+    """argparse type of --check-points: () for 'all', else strictly increasing positive budgets (a usage error,
+    exit status 2, otherwise)."""
     if text.strip().lower() == "all":
         return ()
     try:
         points = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise SystemExit(f"--check-points {text!r}: give thinking budgets as integers separated by commas, e.g. "
-                         "64,128,256, or 'all'") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give thinking budgets as integers separated by commas, e.g. "
+                                         "64,128,256, or 'all'") from None
     if not points or any(b <= a for a, b in zip(points, points[1:])) or points[0] < 1:
-        raise SystemExit(f"--check-points {text!r}: give strictly increasing positive budgets, e.g. 64,128,256")
+        raise argparse.ArgumentTypeError(f"{text!r}: give strictly increasing positive budgets, e.g. 64,128,256")
     return points
 
 
@@ -48,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     from thinkctl.calibration.bundle import CalibrationConfig, calibrate_bundle
 
+    check_output_dir(args.bundle, "--bundle")  # calibrate writes into the bundle
     cfg = replace(CalibrationConfig(), epsilon=args.epsilon, delta=args.delta, method=args.method,
                   n_boot=args.n_bootstrap, train_folds=args.train_folds)
     if args.check_points is not None:
-        cfg = replace(cfg, check_points=_check_points(args.check_points))
+        cfg = replace(cfg, check_points=args.check_points)
     rep = calibrate_bundle(args.bundle, cfg)
     u, c = rep["test_uncalibrated"]["ece"], rep["test_calibrated"]["ece"]
     data = rep["calibration_data"]

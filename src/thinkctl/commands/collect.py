@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from thinkctl.commands._common import (add_device_argument, add_model_argument, add_progress_argument,
-                                      add_ray_arguments, ray_config)
+                                      add_ray_arguments, check_output_dir, int_list, ray_config)
 
 NAME = "collect"
 HELP = "collect traces (hidden states, forced answers, token confidence) of a model on a task"
@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples that get checkpoints (states and forced answers): all, or the greedy one only "
                         "(sampled generations then keep their final answer and length: enough for routing, "
                         "about a third of the cost)")
-    p.add_argument("--layers", default="all", help="'all' or comma-separated layer indices (negatives from the end)")
+    p.add_argument("--layers", default="all", type=lambda t: t if t == "all" else int_list(t),
+                   help="'all' or comma-separated layer indices (negatives from the end)")
     p.add_argument("--max-new-tokens", type=int, default=768)
     p.add_argument("--max-answer-tokens", type=int, default=12,
                    help="most tokens of an answer forced at a checkpoint")
@@ -69,12 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")
     import thinkctl
     from thinkctl.embedded.gym import INSTRUCT_SUFFIX
     from thinkctl.models import load_model, model_id
     from thinkctl.traces import CollectConfig, collect
 
-    layers = "all" if args.layers == "all" else tuple(int(x) for x in args.layers.split(","))
+    layers = args.layers
     cfg = replace(CollectConfig(), task=args.task, n_problems=args.n, seed=args.seed, level=args.level,
                   samples=args.samples, temperature=args.temperature, every=args.every,
                   checkpoints=args.checkpoints, layers=layers, max_new_tokens=args.max_new_tokens,

@@ -24,7 +24,7 @@ import argparse
 
 from pathlib import Path
 
-from thinkctl.commands._common import add_model_argument, add_progress_argument, write_json
+from thinkctl.commands._common import add_model_argument, add_progress_argument, check_output_dir, write_json
 
 NAME = "demo"
 HELP = "end to end on the embedded model: collect -> train -> calibrate -> evaluate -> report"
@@ -65,18 +65,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_argument(p)
 
 
+def _demo_output(name: str) -> bool:
+    """Whether a file name in --out is one a demo writes: an output, or the temporary file of an atomic write of one
+    (``.NAME.PID.tmp``) that a killed run left behind."""
+    import re
+
+    m = re.fullmatch(r"\.(.+)\.\d+\.tmp", name)
+    return name in DEMO_OUTPUTS or (m is not None and m.group(1) in DEMO_OUTPUTS)
+
+
 def _check_fresh(out: Path) -> None:
     """Refuse to delete a folder that holds anything a demo does not write."""
     if not out.is_dir():
         raise ValueError(f"--out {out} is not a folder; give a folder for the demo's outputs")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS)
+    foreign = sorted(p.name for p in out.iterdir() if not _demo_output(p.name))
     if foreign:
         raise ValueError(f"--fresh would delete {out}, which holds files a demo did not write ({', '.join(foreign[:5])}"
                          f"{', ...' if len(foreign) > 5 else ''}); choose another --out or remove them yourself")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import shutil
     import time
     from dataclasses import replace
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.eval.evaluate import (evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot,
                                         summarize)
     from thinkctl.models import load_model, model_id
+    from thinkctl.persistence import read_json
     from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
     from thinkctl.traces import CollectConfig, collect
 
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     cal_cfg = CalibrationConfig(epsilon=args.epsilon)
     strategies = [s.strip() for s in (args.strategies or DEMO_STRATEGIES.format(cap=args.token_cap)).split(",")
                   if s.strip()]
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     if args.fresh and out.exists():
         _check_fresh(out)
         shutil.rmtree(out)
@@ -127,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     stage("train predictors")
     if not BundleLayout(bundle).is_bundle():
         train_predictors(store, bundle, split_cfg)
-    train = json.loads((bundle / "train_report.json").read_text())
+    train = read_json(bundle / "train_report.json", f"delete {bundle} and run the demo again", allow_nan=True)
     stage("calibrate (calibrators, Learn-then-Test stop rule, routing table)")
     cal = calibrate_bundle(bundle, cal_cfg)
     ctl_cfg = ControllerConfig(seed=args.seed, temperature=args.temperature, token_cap=args.token_cap,

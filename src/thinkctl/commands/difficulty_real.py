@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from thinkctl.commands._common import write_json
+from thinkctl.commands._common import check_output_dir, check_output_file, write_json
 from thinkctl.jsonl import iter_jsonl
 from thinkctl.tasks.data import DATA_ENV_VAR, DataNotFoundError, find_data_dir
 
@@ -201,6 +201,9 @@ def _paired_diff(level: np.ndarray, model: tuple[np.ndarray, np.ndarray], base: 
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.json, "--json")
+    if args.save:
+        check_output_dir(args.save, "--save")
     from thinkctl.predictors import DifficultyModel, grouped_train_test_split
 
     t0 = time.time()

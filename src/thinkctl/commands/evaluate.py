@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from thinkctl.commands._common import (add_model_argument, add_progress_argument, add_ray_arguments, ray_config,
-                                      write_json)
+from thinkctl.commands._common import (add_model_argument, add_progress_argument, add_ray_arguments,
+                                      check_output_file, ray_config, write_json)
 
 NAME = "evaluate"
 HELP = ("the adaptive controller vs baselines (fixed@B, sc@N, best_of@N, esc, asc, dynasor, beam@N, dvts@N, "
@@ -86,7 +86,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
-    from pathlib import Path
 
     from tqdm.auto import tqdm
 
@@ -95,6 +94,15 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.eval.evaluate import evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot, summarize
     from thinkctl.eval.rowsfile import guard_rows
 
+    out = check_output_file(args.json, "--json")
+    rows_path = check_output_file(args.rows if args.rows else out.with_suffix(".rows.jsonl"), "--rows")
+    plot = check_output_file(args.plot if args.plot else out.with_suffix(".png"), "--plot")
+    traced_ids: set[str] | None = None
+    if args.traces:
+        from thinkctl.traces.store import TraceStore
+
+        # a folder that is no trace store is an error now, not a silent skip after the work
+        traced_ids = {str(i) for i in TraceStore(args.traces).config.get("problem_ids", [])}
     if args.block < 1:
         raise ValueError(f"--block={args.block} must be at least 1")
     ray_cfg = ray_config(args)
@@ -131,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
                          "without --ray")
     task = thinkctl.tasks.get(args.task)
     problems = task.sample(args.n, seed=args.seed, level=args.level)
+    if traced_ids is not None and not traced_ids & {str(p.id) for p in problems}:
+        raise ValueError(f"--traces {args.traces} holds traces of none of the {len(problems)} problems evaluated "
+                         f"(task {args.task}, seed {args.seed}); give the traces of these problems (thinkctl collect "
+                         "with the same --task, --seed and --n) or drop --traces")
     if args.instruct:
         from thinkctl.embedded.gym import INSTRUCT_SUFFIX
 
@@ -138,8 +150,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = ControllerConfig(seed=args.seed, deadline_s=args.deadline)
     if args.token_cap is not None:
         cfg = replace(cfg, token_cap=args.token_cap, easy_cap=min(cfg.easy_cap, args.token_cap))
-    out = Path(args.json)
-    rows_path = Path(args.rows) if args.rows else out.with_suffix(".rows.jsonl")
     with guard_rows(rows_path, _settings(args, cfg)):
         if ray_cfg is not None:
             from thinkctl.distributed import ModelSpec, evaluate_distributed
@@ -180,7 +190,6 @@ def run(args: argparse.Namespace) -> int:
                          "controller": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                          "routing": routing, "rows": str(rows_path)}}
     write_json(out, result)
-    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     import matplotlib
 
     matplotlib.use("Agg")

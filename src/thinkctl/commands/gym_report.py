@@ -7,7 +7,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from thinkctl.commands._common import add_device_argument, add_model_argument, add_progress_argument, write_json
+from thinkctl.commands._common import (add_device_argument, add_model_argument, add_progress_argument,
+                                      check_output_file, write_json)
 
 NAME = "gym-report"
 HELP = "measure greedy/vote/forced-budget/'Wait' behaviour of a model on the built-in tasks"
@@ -47,6 +48,7 @@ def is_embedded_kind(spec: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.json, "--json")
     from thinkctl.embedded.gym import GymConfig, gym_report
     from thinkctl.models import load_model
 

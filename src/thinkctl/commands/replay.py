@@ -19,10 +19,9 @@ against the certified epsilon. See ``thinkctl.eval.serial_replay`` for each rule
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from thinkctl.commands._common import add_progress_argument, write_json
+from thinkctl.commands._common import add_progress_argument, check_output_file, write_json
 
 NAME = "replay"
 HELP = ("stopping rules on recorded outputs: parallel policies (sc, esc, asc, adaptive, weighted, best_of) on a "
@@ -87,14 +86,8 @@ def _fmt(v: Any, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _check_out(path: str) -> None:
-    if Path(path).is_dir():
-        raise ValueError(f"--json {path} is a folder; give the results file to write, e.g. "
-                         f"{Path(path) / 'replay.json'}")
-
-
 def run(args: argparse.Namespace) -> int:
-    _check_out(args.json)
+    check_output_file(args.json, "--json")
     if args.traces is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in _PARALLEL_ONLY.items() if getattr(args, k) != v]
         if given:

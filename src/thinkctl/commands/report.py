@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from thinkctl.commands._common import check_output_dir
+
 NAME = "report"
 HELP = "HTML + JSON calibration report of a bundle's predictors (held-out test problems)"
 DESCRIPTION = __doc__
@@ -21,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")
     from thinkctl.calibration.bundle import bundle_report_entries
     from thinkctl.calibration.report import calibration_report
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from thinkctl.commands._common import write_json
+from thinkctl.commands._common import check_output_file, write_json
 
 NAME = "steps-report"
 HELP = "step evaluators (PRMs, checkers) against human first-error labels: step AUROC, localization, selection"
@@ -43,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.traces.readers import recorded_files
 
     cfg = LocalizationConfig(threshold=args.threshold, n_bootstrap=args.n_bootstrap, seed=args.seed)
-    out_path = Path(args.json)
-    if out_path.is_dir():
-        raise ValueError(f"--json {out_path} is a directory; name the JSON file to write")
+    out_path = check_output_file(args.json, "--json")
     files = [Path(f) for f in args.data] if args.data else recorded_files("steps")
     if not files:
         raise FileNotFoundError("no steps files found; pass --data FILE.jsonl")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from thinkctl.commands._common import check_output_dir
+
 NAME = "train"
 HELP = "train predictors from traces into a bundle, with held-out AUROC and 95%% intervals"
 DESCRIPTION = __doc__
@@ -22,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")
     from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
     from thinkctl.traces import TraceStore
 

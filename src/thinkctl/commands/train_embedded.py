@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from thinkctl.commands._common import add_device_argument, add_progress_argument
+from thinkctl.commands._common import add_device_argument, add_progress_argument, check_output_dir
 
 if TYPE_CHECKING:
     from thinkctl.embedded.train import TrainConfig
@@ -59,6 +59,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")
     from thinkctl.embedded.train import train
 
     out = train(args.out, config_from_args(args), progress=not args.no_progress, device=args.device)

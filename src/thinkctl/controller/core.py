@@ -29,7 +29,7 @@ from thinkctl.controller.parallel import DeepConfOnline, ParallelRoute, Scorer, 
 from thinkctl.controller.predictors import HiddenStatePredictor, Outlook, model_hidden_size, model_num_layers
 from thinkctl.controller.result import ControllerResult
 from thinkctl.controller.routing import Route, RoutingTable
-from thinkctl.generation import ReasoningFormat, reasoning_format
+from thinkctl.generation import ReasoningFormat, check_context, reasoning_format
 from thinkctl.stopping import think_markers
 from thinkctl.stopping.rules import StopRule
 from thinkctl.voting import MajorityStabilityStopping
@@ -141,6 +141,7 @@ class AdaptiveController(ParallelRoute):
                 raise ValueError(f"{name}={cap} leaves no room for thinking after the forced answer "
                                  f"({len(self.fmt.force_answer_ids)} marker tokens + max_answer_tokens="
                                  f"{config.max_answer_tokens} + EOS); raise {name}")
+        check_context(model, 0, config.token_cap, cap_name="token_cap")  # a cap beyond the context: refused now
         self.hidden_size = model_hidden_size(model)
         self._static_ok = True
         self._warned_schedule = False

@@ -26,7 +26,7 @@ from thinkctl.controller.predictors import HiddenStatePredictor, Outlook
 from thinkctl.controller.reasons import thinking_stop_reason
 from thinkctl.controller.result import ControllerResult
 from thinkctl.controller.seeding import batch_index, sample_seed
-from thinkctl.generation import NO_AUTO_COMPILE, ReasoningFormat, chat_prefix
+from thinkctl.generation import NO_AUTO_COMPILE, ReasoningFormat, chat_prefix, check_context
 from thinkctl.stopping import BudgetForcing, DeadlineStopping, HiddenStateTap, ProbeStopping
 from thinkctl.stopping.rules import StopRule
 from thinkctl.stopping.tap import FINAL_NORM
@@ -143,7 +143,11 @@ class GenerationEngine:
         """One forward pass over the left-padded prompts; the cache is cropped to all but the last position so that
         generation (which feeds at least one token) continues from it."""
         prefixes = [chat_prefix(self.tokenizer, p) for p in prompts]
-        width = max(len(p) for p in prefixes)
+        longest = max(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        # every prompt must leave room for the token cap, checked before the prefill allocates anything
+        check_context(self.model, len(prefixes[longest]), self.config.token_cap, cap_name="token_cap",
+                      what=f"prompt {longest} of this batch ({prompts[longest][:40]!r}...)")
+        width = len(prefixes[longest])
         ids = torch.full((len(prefixes), width), self.fmt.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, p in enumerate(prefixes):

@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from thinkctl.persistence import check_finite, read_json, write_text_atomic
 from thinkctl.bundle import (CALIBRATION_DIR, DIFFICULTY_CALIBRATOR, DIFFICULTY_PROBE, RISK_CONTROL, ROUTING,
                              BundleLayout, fingerprint)
 
@@ -84,13 +84,15 @@ class RoutingTable:
     def save(self, path: str | os.PathLike[str]) -> None:
         doc = {"kind": "thinkctl-routing-table", "edges": self.edges, "routes": [r.name for r in self.routes],
                "estimates": self.estimates, "meta": self.meta}
-        Path(path).write_text(json.dumps(doc, indent=2))
+        write_text_atomic(path, json.dumps(doc, indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "RoutingTable":
-        doc = json.loads(Path(path).read_text())
-        if doc.get("kind") != "thinkctl-routing-table":
+        hint = "fit it again with `thinkctl calibrate` on its bundle"
+        doc = read_json(path, hint, allow_nan=True)  # per-route estimates may be NaN where a route was never seen
+        if not isinstance(doc, dict) or doc.get("kind") != "thinkctl-routing-table":
             raise ValueError(f"{path} is not a thinkctl routing table (kind={doc.get('kind')!r})")
+        check_finite(doc.get("edges"), str(path), hint)
         return cls([float(e) for e in doc["edges"]], [Route.parse(r) for r in doc["routes"]],
                    doc.get("estimates", []), doc.get("meta", {}))
 

@@ -147,9 +147,28 @@ def matched_compute(summary: dict[str, dict[str, Any]], target: str = "adaptive"
     return out
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an incomplete last line (a run killed while appending a block) off the rows file, so that resuming
+    recomputes those rows instead of failing on half a JSON object."""
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    logger.warning("%s ended in an incomplete row (a run stopped while writing it); dropped it, its problem is run "
+                   "again", path)
+
+
 def _load_done(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
+    _drop_torn_tail(path)
     rows = []
     for _, row in iter_jsonl(path):
         rows.append(row)

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from thinkctl.persistence import read_json
+
 __all__ = ["guard_rows", "RowsInUseError"]
 
 
@@ -60,7 +62,8 @@ def guard_rows(rows_path: str | os.PathLike[str], settings: Mapping[str, Any]) -
         cfg_path = _config_path(rows)
         has_rows = rows.is_file() and rows.stat().st_size > 0
         if cfg_path.is_file():
-            old = json.loads(cfg_path.read_text())
+            old = read_json(cfg_path, f"delete it (and {rows.name}, whose settings it recorded) to start over, or "
+                                      "pass another --rows")
             differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             if differ and has_rows:
                 detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differ)

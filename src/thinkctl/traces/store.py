@@ -9,22 +9,83 @@ Layout of a store folder::
 A shard exists once its ``.jsonl`` exists; both files are written to a temporary name and renamed, so a run killed
 at any moment leaves only whole shards (a stray ``.safetensors`` without its ``.jsonl`` is ignored and rewritten).
 Resuming skips committed shards: nothing is lost and nothing is duplicated.
+
+One writer at a time: :meth:`TraceStore.init` takes an exclusive lock (``fcntl.flock`` on ``store.lock`` in the
+folder) and holds it until :meth:`TraceStore.close` (or until the store object is collected, or the process ends:
+a killed writer never leaves a stale lock). A second process that tries to write the same folder is refused with
+:class:`StoreInUseError` before it reads or writes anything, so ``config.json`` always describes every shard beside
+it. Store objects of one process share the lock (a notebook may collect into a store again while holding it).
+
+Reading checks what it reads: a folder that is not a store, a damaged ``config.json``, a shard cut short (a disk
+that filled up, a copy that stopped) are each refused with the file named and what to do; a store stamped by
+another thinkctl version logs a warning (a newer series is refused, see :mod:`thinkctl.persistence`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-__all__ = ["TraceStore", "CheckpointArrays", "SampleArrays"]
+from thinkctl.persistence import check_saved_version, loads_strict, write_text_atomic
+
+__all__ = ["TraceStore", "CheckpointArrays", "SampleArrays", "StoreInUseError", "DamagedStoreError", "LOCK_FILE"]
 
 _SHARD_FMT = "shard-{:05d}"
+#: The lock file a writer holds (see the module docstring).
+LOCK_FILE = "store.lock"
+CONFIG_FILE = "config.json"
+
+
+class StoreInUseError(ValueError):
+    """Another process is writing the trace store."""
+
+
+class DamagedStoreError(ValueError):
+    """A file of the trace store is cut short or malformed (the message names it and says what to do)."""
+
+
+#: Locks this process holds: real path of the lock file -> [file descriptor, number of store objects holding it].
+_HELD: dict[str, list[int]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _acquire(lock_path: Path, store: Path) -> str:
+    key = os.path.realpath(lock_path)
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+            return key
+        fd = os.open(key, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreInUseError(f"trace store {store} is being written by another process (lock {lock_path}); "
+                                  "wait for it to finish, or pass another --out") from None
+        _HELD[key] = [fd, 1]
+    return key
+
+
+def _release(key: str) -> None:
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD[key]
+            os.close(held[0])  # releases the lock
 
 
 @dataclass
@@ -72,29 +133,84 @@ class TraceStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._lock_key: str | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._version_checked = False
 
     # -- writing -------------------------------------------------------------------------------------------
 
+    def lock(self) -> None:
+        """Take the writer's lock (done by :meth:`init` and :meth:`write_shard`); held until :meth:`close`.
+
+        Raises
+        ------
+        StoreInUseError
+            When another process holds it.
+        """
+        if self._lock_key is not None:
+            return
+        key = _acquire(self.path / LOCK_FILE, self.path)
+        self._lock_key = key
+        self._finalizer = weakref.finalize(self, _release, key)
+
+    def close(self) -> None:
+        """Release the writer's lock, if this object holds it (reading goes on working)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._finalizer = None
+        self._lock_key = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (pickled for another process, deep-copied) reads the same folder but does not hold the lock."""
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def __enter__(self) -> "TraceStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def init(self, config: dict[str, Any]) -> None:
-        """Create the store, or check that an existing one was made with the same config."""
+        """Create the store, or check that an existing one was made with the same config; takes the writer's lock.
+
+        A store with no shard yet (a run that failed before its first shard) takes the new config.
+
+        Raises
+        ------
+        StoreInUseError
+            When another process is writing the store.
+        ValueError
+            When the path is a file, the store was collected with another config (the message names what
+            differs), or the folder holds shards but no config.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path} is a file, not a trace store folder; pass a folder to collect into")
         self.path.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.path / "config.json"
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            if old != json.loads(json.dumps(config)):
-                diff = sorted(k for k in set(old) | set(config) if old.get(k) != json.loads(json.dumps(config)).get(k))
+        self.lock()
+        want = json.loads(json.dumps(config))
+        cfg_path = self.path / CONFIG_FILE
+        shards = self.shard_indices(check=False)
+        if cfg_path.exists() and shards:
+            old = self._read_config()
+            if old != want:
+                diff = sorted(k for k in set(old) | set(want) if old.get(k) != want.get(k))
                 raise ValueError(f"trace store {self.path} was collected with a different config (differs in {diff});"
                                  " resume with the same settings or write to a new folder")
             return
-        tmp = cfg_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config, indent=2))
-        os.replace(tmp, cfg_path)
+        if shards:
+            raise ValueError(f"{self.path} holds {len(shards)} trace shard(s) but no {CONFIG_FILE} recording how they "
+                             "were collected; collect into a new folder (or delete the shards to start over)")
+        write_text_atomic(cfg_path, json.dumps(config, indent=2))
 
     def has_shard(self, index: int) -> bool:
         return (self.path / (_SHARD_FMT.format(index) + ".jsonl")).is_file()
 
     def write_shard(self, index: int, tensors: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> None:
         """Write one shard atomically: tensors first, then the rows file whose rename commits the shard."""
+        self.lock()
         if self.has_shard(index):
             raise ValueError(f"shard {index} already exists in {self.path}; shards are append-only")
         stem = self.path / _SHARD_FMT.format(index)
@@ -111,22 +227,74 @@ class TraceStore:
 
     # -- reading -------------------------------------------------------------------------------------------
 
+    def _read_config(self) -> dict[str, Any]:
+        cfg_path = self.path / CONFIG_FILE
+        if not cfg_path.is_file():
+            what = "does not exist" if not self.path.exists() else (
+                "is a file" if not self.path.is_dir() else f"has no {CONFIG_FILE}")
+            raise FileNotFoundError(f"{self.path} is not a trace store (it {what}); create one with `thinkctl collect "
+                                    "--out FOLDER`")
+        try:
+            doc = loads_strict(cfg_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise DamagedStoreError(f"{cfg_path} is damaged ({exc}); the store cannot be read: collect again into a "
+                                    "new folder") from None
+        if not isinstance(doc, dict):
+            raise DamagedStoreError(f"{cfg_path} is not a trace store config (a JSON object); collect again into a "
+                                    "new folder")
+        if not self._version_checked:
+            if "thinkctl_version" in doc:  # a store assembled by hand may carry no stamp; it is not checked
+                check_saved_version(doc["thinkctl_version"], str(cfg_path))
+            self._version_checked = True
+        return doc
+
     @property
     def config(self) -> dict[str, Any]:
-        cfg_path = self.path / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"{self.path} is not a trace store (no config.json); create one with `thinkctl collect`")
-        return json.loads(cfg_path.read_text())
+        """The store's ``config.json`` (collection settings, resolved layers, model stamp, problem ids).
 
-    def shard_indices(self) -> list[int]:
+        Raises
+        ------
+        FileNotFoundError
+            When the folder is not a trace store.
+        DamagedStoreError
+            When ``config.json`` is cut short or malformed.
+        """
+        return self._read_config()
+
+    def shard_indices(self, check: bool = True) -> list[int]:
+        """Indices of the committed shards; ``check``: first make sure the folder is a store (a FileNotFoundError
+        otherwise, rather than no shards)."""
+        if check:
+            self._read_config()
         return sorted(int(p.stem.split("-")[1]) for p in self.path.glob("shard-*.jsonl"))
+
+    def _damaged(self, path: Path, why: object, index: int) -> DamagedStoreError:
+        stem = self.path / _SHARD_FMT.format(index)
+        return DamagedStoreError(
+            f"trace shard {path} is damaged ({why}); delete {stem.name}.jsonl and {stem.name}.safetensors from "
+            f"{self.path} and run the same `thinkctl collect` again to collect that shard anew (the others are kept)")
 
     def _shards(self) -> Iterator[tuple[int, list[dict[str, Any]], dict[str, np.ndarray]]]:
         for i in self.shard_indices():
             stem = self.path / _SHARD_FMT.format(i)
-            rows = [json.loads(line) for line in stem.with_suffix(".jsonl").read_text().splitlines() if line]
-            yield i, rows, load_file(str(stem.with_suffix(".safetensors")))
+            rows_path, tensors_path = stem.with_suffix(".jsonl"), stem.with_suffix(".safetensors")
+            rows = []
+            try:
+                for n, line in enumerate(rows_path.read_text(encoding="utf-8").splitlines(), 1):
+                    if line:
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise self._damaged(rows_path, f"line {n}: {exc.msg}", i) from None
+            except UnicodeDecodeError as exc:
+                raise self._damaged(rows_path, f"not UTF-8 text at byte {exc.start}", i) from None
+            if not tensors_path.is_file():
+                raise self._damaged(tensors_path, "missing", i)
+            try:
+                tensors = load_file(str(tensors_path))
+            except SafetensorError as exc:
+                raise self._damaged(tensors_path, exc, i) from None
+            yield i, rows, tensors
 
     def samples(self) -> list[dict[str, Any]]:
         """Every sample row, in shard order (checkpoints nested under ``"checkpoints"``)."""
