@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from thinkctl.commands._common import add_model_argument, add_progress_argument
+from thinkctl.commands._common import add_model_argument, add_progress_argument, check_output_file
 
 NAME = "calibrate-pruning"
 HELP = "certify the process-score threshold of prune@N (Learn-then-Test on calibration problems)"
@@ -83,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--scorer process-probe reads a bundle's outlook probe; give --bundle")
     if args.scorer not in ("check", "process-probe"):
         raise ValueError(f"--scorer {args.scorer!r}: calibrate-pruning takes check or process-probe")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a folder; give the path of the JSON rule to write")
+    out = check_output_file(args.out, "--out")
     task = thinkctl.tasks.get(args.task)
     levels = args.level or [None]
     problems = [p for lv in levels for p in task.sample(args.n, seed=args.seed, level=lv)]
