@@ -207,3 +207,22 @@ def test_evaluate_traces_of_other_problems_is_an_error(store_dir, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and "holds traces of none of the 2 problems" in err
     assert not out.with_suffix(".rows.jsonl").exists()
+
+
+def test_collect_near_the_context_cuts_generations_so_that_the_forced_answer_fits(tmp_path, caplog):
+    """max_new_tokens up to the embedded model's 1024 positions: the generations are cut where the answer forced at
+    their end still fits, with a warning; nothing fails half-way through a shard."""
+    import logging
+
+    from thinkctl.models import load_model
+    from thinkctl.tasks import TASKS
+    from thinkctl.traces import CollectConfig, collect
+
+    model, tok = load_model("embedded")
+    task = TASKS.get("arith")()
+    problems = task.sample(2, seed=3, level=1)
+    cfg = CollectConfig(task="arith", n_problems=2, seed=3, level=1, samples=1, max_new_tokens=1024, every=64)
+    with caplog.at_level(logging.WARNING, logger="thinkctl.traces.collect"):
+        store = collect(model, tok, task, problems, str(tmp_path / "s"), cfg, progress=False)
+    assert "are cut at" in caplog.text
+    assert len(store.samples()) == 2

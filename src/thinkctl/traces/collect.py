@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from thinkctl import __version__
-from thinkctl.generation import (chat_prefix, generate_from_prefixes, reasoning_format, thinking_length)
+from thinkctl.generation import (chat_prefix, generate_from_prefixes, model_context_length, reasoning_format,
+                                 thinking_length)
 from thinkctl.models import model_num_layers, model_stamp
 from thinkctl.seeds import torch_seed
 from thinkctl.tasks import Problem, Task
-from thinkctl.traces.generations import GenerationsFile, model_context_length, tokenize_generations
+from thinkctl.traces.generations import GenerationsFile, tokenize_generations
 from thinkctl.traces.store import TraceStore
 
 __all__ = ["CollectConfig", "collect", "collect_generations", "collect_shard", "generate_shard", "label_shard",
@@ -165,6 +166,34 @@ def _forward_states(model: Any, seqs: Sequence[Sequence[int]], positions: Sequen
     return states, logits_out
 
 
+def _room(model: Any, fmt: Any, prefix_tokens: int, cfg: CollectConfig) -> int:
+    """Tokens a generation after a prefix of ``prefix_tokens`` may take: ``max_new_tokens``, or less where the
+    model's context must also hold the answer forced at its end (marker and ``max_answer_tokens``)."""
+    ctx = model_context_length(model)
+    if ctx is None:
+        return cfg.max_new_tokens
+    return min(cfg.max_new_tokens, ctx - prefix_tokens - len(fmt.force_answer_ids) - cfg.max_answer_tokens)
+
+
+def _check_fits_context(model: Any, tokenizer: Any, fmt: Any, problems: Sequence[Problem],
+                        cfg: CollectConfig) -> None:
+    """Before any work: refuse prompts that leave no room to think and answer within the model's context; warn
+    when ``max_new_tokens`` will be cut so that the answer forced at the end of a long generation still fits."""
+    if not problems or model_context_length(model) is None:
+        return
+    longest = max(len(chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix)) for p in problems)
+    room = _room(model, fmt, longest, cfg)
+    if room < 1:
+        raise ValueError(f"the longest prompt takes {longest} tokens: with the answer forced at a checkpoint "
+                         f"({len(fmt.force_answer_ids)} marker tokens + max_answer_tokens={cfg.max_answer_tokens}) it "
+                         f"leaves no room to think within the model's context of {model_context_length(model)}; "
+                         "shorten the prompts")
+    if room < cfg.max_new_tokens:
+        logger.warning("max_new_tokens=%d: generations after the longest prompt are cut at %d tokens, so that the "
+                       "answer forced at their end fits the model's context of %d", cfg.max_new_tokens, room,
+                       model_context_length(model))
+
+
 def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem], out_dir: str,
             cfg: CollectConfig = CollectConfig(), *, model_name: str = "model", progress: bool = True) -> TraceStore:
     """Collect traces of ``problems`` into the store at ``out_dir`` (resuming one that exists)."""
@@ -173,6 +202,7 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
     fmt = reasoning_format(tokenizer)
     n_layers = model_num_layers(model)
     layers = resolve_layers(cfg.layers, n_layers)
+    _check_fits_context(model, tokenizer, fmt, problems, cfg)
     store = TraceStore(out_dir)
     store.init(store_header(cfg, layers, model_stamp(model, model_name), problems))
     n_shards = math.ceil(len(problems) / cfg.shard_problems)
@@ -292,11 +322,12 @@ def generate_shard(model: Any, tokenizer: Any, fmt: Any, problems: Sequence[Prob
     ``seed``). Each is cut after its first end-of-sequence token, which it keeps."""
     gen_kw = dict(pad_id=fmt.pad_id, eos_ids=fmt.eos_ids, batch_size=cfg.batch_size)
     prefixes = [chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix) for p in problems]
-    greedy = generate_from_prefixes(model, prefixes, max_new_tokens=cfg.max_new_tokens, **gen_kw)
+    limit = _room(model, fmt, max(len(x) for x in prefixes), cfg)  # max_new_tokens unless the context is short
+    greedy = generate_from_prefixes(model, prefixes, max_new_tokens=limit, **gen_kw)
     sampled: list[list[int]] = []
     if cfg.samples > 1:
         rep = [pref for pref in prefixes for _ in range(cfg.samples - 1)]
-        sampled = generate_from_prefixes(model, rep, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+        sampled = generate_from_prefixes(model, rep, max_new_tokens=limit, do_sample=True,
                                          temperature=cfg.temperature, seed=seed, **gen_kw)
     # sample j of problem i: j == 0 greedy, else sampled[i * (samples - 1) + j - 1]
     return [[greedy[i]] + sampled[i * (cfg.samples - 1):(i + 1) * (cfg.samples - 1)] for i in range(len(problems))]

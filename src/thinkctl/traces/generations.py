@@ -42,8 +42,7 @@ from thinkctl.tasks.data import DataNotFoundError
 from thinkctl.tasks.verify import answers_equivalent
 
 __all__ = ["GenerationsRecord", "GenerationsFile", "TokenizedGenerations", "GoldAnswerTask", "GOLD_TASKS",
-           "REQUIRED_FIELDS", "read_generations", "tokenize_generations", "task_for_generations",
-           "model_context_length"]
+           "REQUIRED_FIELDS", "read_generations", "tokenize_generations", "task_for_generations"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,12 +254,6 @@ def read_generations(path: str | os.PathLike[str], task: Task) -> GenerationsFil
 
 
 # -- tokenizing -------------------------------------------------------------------------------------------------
-
-def model_context_length(model: Any) -> int | None:
-    """The longest sequence ``model`` takes (``config.max_position_embeddings``), or None when it does not say."""
-    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return int(n) if isinstance(n, int) and n > 0 else None
-
 
 def _listing(items: Sequence[str]) -> str:
     more = f" and {len(items) - _LINES_SHOWN} more" if len(items) > _LINES_SHOWN else ""
