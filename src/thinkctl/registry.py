@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-__all__ = ["Registry", "UnknownNameError"]
+__all__ = ["Registry", "UnknownNameError", "split_name"]
 
 T = TypeVar("T")
 
@@ -66,3 +66,21 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def split_name(name: object, what: str) -> tuple[str, int | None]:
+    """``"base@N"`` -> ``("base", N)`` and ``"base"`` -> ``("base", None)`` for names of ``what`` (``"strategy"``,
+    ``"rule"``); a clear ValueError for a name that is not a non-empty string or whose ``N`` is not a positive
+    integer. The base is not looked up here."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
+    base, sep, raw = name.strip().partition("@")
+    if not sep:
+        return base, None
+    try:
+        param = int(raw)
+    except ValueError:
+        raise ValueError(f"{what} {name!r}: the part after '@' must be a positive integer, got {raw!r}") from None
+    if param < 1:
+        raise ValueError(f"{what} {name!r}: the part after '@' must be a positive integer, got {param}")
+    return base, param

@@ -27,7 +27,7 @@ from thinkctl.controller.core import AdaptiveController
 from thinkctl.controller.parallel import DeepConfOnline
 from thinkctl.controller.result import ControllerResult
 from thinkctl.voting import BetaStopping, WindowUnanimityStopping
-from thinkctl.registry import Registry
+from thinkctl.registry import Registry, split_name
 
 __all__ = ["STRATEGIES", "get_strategy", "Strategy"]
 
@@ -145,16 +145,6 @@ def _adaptive(param: int | None, name: str) -> Strategy:
 def get_strategy(name: str) -> Strategy:
     """The strategy called ``name`` (``"fixed@256"``, ``"serial"``, ``"sc@8"``, ``"best_of@8"``, ``"esc"``,
     ``"asc@20"``, ``"dynasor"``, ``"deepconf"``, ``"adaptive"``, ``"beam@8"``, ``"dvts@8"``)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"strategy name must be a non-empty string, got {name!r}")
-    base, sep, raw = name.partition("@")
+    base, param = split_name(name, "strategy")
     factory = STRATEGIES.get(base)
-    param = None
-    if sep:
-        try:
-            param = int(raw)
-        except ValueError:
-            raise ValueError(f"strategy {name!r}: the part after '@' must be a positive integer, got {raw!r}") from None
-        if param < 1:
-            raise ValueError(f"strategy {name!r}: the part after '@' must be a positive integer, got {param}")
     return factory(param, name)

@@ -77,7 +77,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from thinkctl.registry import Registry
+from thinkctl.registry import Registry, split_name
 from thinkctl.stats import wilson_interval
 
 __all__ = ["SerialReplayConfig", "GreedyTrace", "TraceSet", "CertifiedStopRule", "Outcome", "SerialRule", "RuleInputs",
@@ -734,20 +734,10 @@ def _short(values: Sequence[int], n: int = 6) -> str:
 
 
 def _parse(name: str) -> tuple[str, int | None]:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"rule name must be a non-empty string, got {name!r}")
-    base, sep, raw = name.strip().partition("@")
+    base, param = split_name(name, "rule")
     if base == "serial":  # the live strategy's name for the certified rule
         base = "probe"
     SERIAL_RULES.get(base)  # unknown name: lists the known ones
-    if not sep:
-        return base, None
-    try:
-        param = int(raw)
-    except ValueError:
-        raise ValueError(f"rule {name!r}: the part after '@' must be a positive integer, got {raw!r}") from None
-    if param < 1:
-        raise ValueError(f"rule {name!r}: the part after '@' must be a positive integer, got {param}")
     return base, param
 
 

@@ -19,14 +19,14 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from thinkctl import __version__
-from thinkctl.generation import (chat_prefix, generate_from_prefixes, model_context_length, reasoning_format,
-                                 thinking_length)
+from thinkctl.generation import (chat_prefix, check_context, generate_from_prefixes, model_context_length,
+                                 reasoning_format, thinking_length)
 from thinkctl.models import model_num_layers, model_stamp
 from thinkctl.seeds import torch_seed
 from thinkctl.tasks import Problem, Task
@@ -179,9 +179,12 @@ def _check_fits_context(model: Any, tokenizer: Any, fmt: Any, problems: Sequence
                         cfg: CollectConfig) -> None:
     """Before any work: refuse prompts that leave no room to think and answer within the model's context; warn
     when ``max_new_tokens`` will be cut so that the answer forced at the end of a long generation still fits."""
-    if not problems or model_context_length(model) is None:
+    ctx = model_context_length(model)
+    if not problems or ctx is None:
         return
     longest = max(len(chat_prefix(tokenizer, p.prompt + cfg.prompt_suffix)) for p in problems)
+    if cfg.max_new_tokens > ctx:  # a cap beyond the context itself is a mistake, not something to cut silently
+        check_context(model, longest, cfg.max_new_tokens, cap_name="max_new_tokens")
     room = _room(model, fmt, longest, cfg)
     if room < 1:
         raise ValueError(f"the longest prompt takes {longest} tokens: with the answer forced at a checkpoint "
@@ -197,7 +200,6 @@ def _check_fits_context(model: Any, tokenizer: Any, fmt: Any, problems: Sequence
 def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem], out_dir: str,
             cfg: CollectConfig = CollectConfig(), *, model_name: str = "model", progress: bool = True) -> TraceStore:
     """Collect traces of ``problems`` into the store at ``out_dir`` (resuming one that exists)."""
-    from tqdm.auto import tqdm
 
     fmt = reasoning_format(tokenizer)
     n_layers = model_num_layers(model)
@@ -205,17 +207,32 @@ def collect(model: Any, tokenizer: Any, task: Task, problems: Sequence[Problem],
     _check_fits_context(model, tokenizer, fmt, problems, cfg)
     store = TraceStore(out_dir)
     store.init(store_header(cfg, layers, model_stamp(model, model_name), problems))
-    n_shards = math.ceil(len(problems) / cfg.shard_problems)
+
+    def shard_of(shard: int, lo: int, hi: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        return collect_shard(model, tokenizer, fmt, task, list(problems[lo:hi]), cfg, layers,
+                             seed=shard_seed(cfg, shard))
+
+    return _write_shards(store, len(problems), cfg.shard_problems, shard_of, f"collect {task.name}", progress)
+
+
+def _write_shards(store: TraceStore, n_problems: int, shard_problems: int,
+                  shard_of: Callable[[int, int, int], tuple[dict[str, np.ndarray], list[dict[str, Any]]]],
+                  desc: str, progress: bool) -> TraceStore:
+    """Compute and commit every shard the store lacks (``shard_of(shard, lo, hi)`` for problems ``lo:hi``), with a
+    progress bar; shards already committed are skipped (resumption)."""
+    from tqdm.auto import tqdm
+
+    n_shards = math.ceil(n_problems / shard_problems)
     todo = [i for i in range(n_shards) if not store.has_shard(i)]
     if len(todo) < n_shards:
-        logger.info("resuming %s: %d of %d shards already collected", out_dir, n_shards - len(todo), n_shards)
-    bar = tqdm(total=len(problems), initial=(n_shards - len(todo)) * cfg.shard_problems, disable=not progress,
-               desc=f"collect {task.name}", unit="problem")
+        logger.info("resuming %s: %d of %d shards already collected", store.path, n_shards - len(todo), n_shards)
+    bar = tqdm(total=n_problems, initial=(n_shards - len(todo)) * shard_problems, disable=not progress, desc=desc,
+               unit="problem")
     for shard in todo:
-        chunk = list(problems[shard * cfg.shard_problems:(shard + 1) * cfg.shard_problems])
-        tensors, rows = collect_shard(model, tokenizer, fmt, task, chunk, cfg, layers, seed=shard_seed(cfg, shard))
+        lo, hi = shard * shard_problems, min((shard + 1) * shard_problems, n_problems)
+        tensors, rows = shard_of(shard, lo, hi)
         store.write_shard(shard, tensors, rows)
-        bar.update(len(chunk))
+        bar.update(hi - lo)
     bar.close()
     return store
 
@@ -257,7 +274,6 @@ def collect_generations(model: Any, tokenizer: Any, task: Task, source: Generati
     >>> store = collect_generations(model, tokenizer, task, read_generations("gens.jsonl", task),
     ...                             "traces/", CollectConfig(every=32))                  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
 
     if cfg.level is not None:
         raise ValueError(f"level={cfg.level} does not apply to recorded generations (their levels come from the file);"
@@ -277,19 +293,11 @@ def collect_generations(model: Any, tokenizer: Any, task: Task, source: Generati
     _check_resumed_source(Path(out_dir), source)
     store = TraceStore(out_dir)
     store.init(header)
-    n_shards = math.ceil(len(problems) / cfg.shard_problems)
-    todo = [i for i in range(n_shards) if not store.has_shard(i)]
-    if len(todo) < n_shards:
-        logger.info("resuming %s: %d of %d shards already collected", out_dir, n_shards - len(todo), n_shards)
-    bar = tqdm(total=len(problems), initial=(n_shards - len(todo)) * cfg.shard_problems, disable=not progress,
-               desc=f"label {source.path.name}", unit="problem")
-    for shard in todo:
-        lo, hi = shard * cfg.shard_problems, (shard + 1) * cfg.shard_problems
-        tensors, rows = label_shard(model, tokenizer, fmt, task, problems[lo:hi], tokenized.ids[lo:hi], cfg, layers)
-        store.write_shard(shard, tensors, rows)
-        bar.update(len(problems[lo:hi]))
-    bar.close()
-    return store
+
+    def shard_of(shard: int, lo: int, hi: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        return label_shard(model, tokenizer, fmt, task, problems[lo:hi], tokenized.ids[lo:hi], cfg, layers)
+
+    return _write_shards(store, len(problems), cfg.shard_problems, shard_of, f"label {source.path.name}", progress)
 
 
 def _check_resumed_source(out: Path, source: GenerationsFile) -> None:

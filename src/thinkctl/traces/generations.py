@@ -25,7 +25,6 @@ True
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from thinkctl.generation import chat_prefix, thinking_length
+from thinkctl.jsonl import iter_jsonl
 from thinkctl.registry import UnknownNameError
 from thinkctl.tasks import ANSWER_PREFIX, Problem, Task
 from thinkctl.tasks import get as get_task
@@ -221,22 +221,8 @@ def read_generations(path: str | os.PathLike[str], task: Task) -> GenerationsFil
     data = p.read_bytes()
     records: list[GenerationsRecord] = []
     first_line: dict[str, int] = {}
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
+    for lineno, row in iter_jsonl(p):
         where = f"{p}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                             "write the file in UTF-8 (json.dumps output is)") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
-                             "JSON object") from None
-        if not isinstance(row, dict):
-            raise _field_error(where, f"expected a JSON object, got {type(row).__name__}")
         rec = _record(where, lineno, row)
         if rec.problem.id in first_line:
             raise ValueError(f"{where}: id {rec.problem.id!r} already used on line {first_line[rec.problem.id]}; "
