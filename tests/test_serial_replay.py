@@ -165,7 +165,7 @@ def test_a_trace_cut_by_the_store_cap_is_answered_where_the_answer_was_forced(tm
     assert by_problem(res, "oracle")["p0"]["thinking_tokens"] == 24
 
 
-def test_a_store_from_recorded_generations_has_no_cap_its_longest_text_reached(tmp_path):
+def test_a_store_from_recorded_generations_has_no_cap_its_longest_text_reached(tmp_path, capsys):
     """`collect --generations` records the longest text as max_new_tokens; that text ended on its own."""
     rows = [trace("p0", ["1", "4", "4"], final="4"),                                     # the longest: 24 + 15
             trace("p1", ["4", "2"], final="2", n_thinking=15, closed=False, n_generated=15),  # thinking never closed
@@ -180,6 +180,9 @@ def test_a_store_from_recorded_generations_has_no_cap_its_longest_text_reached(t
     assert full["p1"]["stop"] == "cap" and full["p1"]["correct"] is False  # forced at its end: "2"
     assert file["config"]["traces"]["n_truncated"] == 1 and file["config"]["traces"]["max_new_tokens"] is None
     assert "note" in live["config"]["rules"]["fixed@64"] and "note" not in file["config"]["rules"]["fixed@64"]
+    assert main(["replay", "--traces", str(tmp_path / "file"), "--json", str(tmp_path / "r.json"),
+                 "--no-progress"]) == 0
+    assert "1 whose thinking never closed" in capsys.readouterr().out
 
 
 def write_bundle(path, store_path, *, check_points, threshold, stamp=STAMP, outlook=False, seed=0):
