@@ -80,7 +80,8 @@ def _is_probability(x: Any) -> bool:
 
 def test_parameters_come_first():
     """Size knobs live in one cell, the first code cell, tagged for papermill."""
-    for name in ("01_collect_and_train.ipynb", "02_calibration_report.ipynb", "03_controller.ipynb"):
+    for name in ("01_collect_and_train.ipynb", "02_calibration_report.ipynb", "03_controller.ipynb",
+                 "04_any_engine.ipynb"):
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
         first = next(c for c in nb.cells if c.cell_type == "code")
@@ -265,3 +266,89 @@ def test_controller_notebook(tmp_path, kernel_dir, monkeypatch):
     assert images >= 3  # routing table, confidence probes, accuracy against tokens
     assert "Learn-then-Test" in text and f"{n}/{n} prompts answered" in text
 
+
+
+@pytest.mark.slow
+def test_any_engine_notebook(tmp_path, kernel_dir, monkeypatch):
+    import hashlib
+
+    import thinkctl
+    from thinkctl.tasks import Problem
+    from thinkctl.traces import TraceStore
+
+    nb = _execute("04_any_engine.ipynb", tmp_path, kernel_dir, monkeypatch)
+    res = json.loads((tmp_path / "runs" / "notebook04" / "results.json").read_text())
+    assert res["python"] == sys.executable
+    params, gens = res["params"], res["generations"]
+    task = thinkctl.tasks.get(params["task"])
+
+    # 1. the generations files, in the documented schema, greedy text first; the held-out problems are new
+    gens_path, held_path = Path(gens["path"]), Path(gens["held_out_path"])
+    lines = [json.loads(x) for x in gens_path.read_text(encoding="utf-8").splitlines()]
+    held = [json.loads(x) for x in held_path.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == gens["lines"] == params["n_problems"] and 0 < len(held) == gens["held_out_lines"]
+    assert len(held) <= params["n_held_out"] and not {h["prompt"] for h in held} & {ln["prompt"] for ln in lines}
+    for ln in lines + held:
+        assert set(ln) == {"id", "prompt", "gold", "level", "features", "generations"}, ln
+        assert all(isinstance(t, str) and t for t in ln["generations"]), ln
+    assert all(len(ln["generations"]) == params["samples"] for ln in lines)
+    assert all(len(h["generations"]) == 1 for h in held)
+
+    def greedy_accuracy(rows: list[dict]) -> float:
+        problems = [Problem(r["id"], r["prompt"], r["gold"]) for r in rows]
+        return sum(task.is_correct(p, r["generations"][0]) for p, r in zip(problems, rows)) / len(rows)
+
+    assert gens["greedy_accuracy"] == pytest.approx(greedy_accuracy(lines))
+
+    # 2. collect --generations labelled exactly these texts, the greedy one as the greedy sample
+    store = TraceStore(res["store"]["path"])
+    assert store.config["generations"]["sha256"] == hashlib.sha256(gens_path.read_bytes()).hexdigest()
+    assert store.config["generations"]["lossy_texts"] == 0
+    rows = store.samples()
+    assert len(rows) == res["store"]["n_samples"] == params["n_problems"] * params["samples"]
+    texts = {ln["id"]: ln["generations"] for ln in lines}
+    assert all(r["text"] == texts[r["problem_id"]][r["sample"]] for r in rows)
+    assert all(r["greedy"] == (r["sample"] == 0) for r in rows)
+    assert all(bool(r["checkpoints"]) == r["greedy"] for r in rows)  # --checkpoints greedy
+    assert TraceStore(res["store"]["held_out_path"]).config["generations"]["sha256"] == \
+        hashlib.sha256(held_path.read_bytes()).hexdigest()
+
+    # 3. train, 4. calibrate: a bundle with a stop rule certified, or the reason none was
+    split = res["train"]["split"]
+    assert sum(split.values()) == params["n_problems"]
+    auc, (lo, hi) = res["train"]["confidence_auroc"], res["train"]["confidence_auroc_ci95"]
+    assert _is_probability(auc) and lo <= auc <= hi
+    ltt = res["ltt"]
+    assert ltt["n_calib_problems"] == split["calib"] >= ltt["min_problems_for_epsilon"] == 45  # enough to certify
+    if ltt["threshold"] is None:
+        assert ltt["reason"] and ltt["guarantee"] is None and "probe" in res["replay"]["skipped"]
+    else:
+        assert _is_probability(ltt["threshold"]) and "at most 5%" in ltt["guarantee"] and "90%" in ltt["guarantee"]
+    assert BundleLayout(res["bundle"]).read_manifest()["calibration"]["stop_threshold"] == ltt["threshold"]
+
+    # 5. the offline replay on the held-out store: `full` is the held-out greedy texts' own accuracy
+    strategies = res["replay"]["strategies"]
+    assert {"full", "oracle"} <= set(strategies) and ("probe" in strategies) == (ltt["threshold"] is not None)
+    full, oracle = strategies["full"], strategies["oracle"]
+    assert full["n"] == len(held) and full["accuracy"] == pytest.approx(greedy_accuracy(held))
+    assert full["accuracy"] == pytest.approx(gens["held_out_greedy_accuracy"])
+    assert oracle["accuracy"] >= full["accuracy"] and oracle["thinking_tokens_mean"] <= full["thinking_tokens_mean"]
+    for name, s in strategies.items():
+        lo, hi = s["ci95"]
+        assert s["n"] == len(held) and _is_probability(s["accuracy"]) and lo <= s["accuracy"] <= hi, name
+        assert s["tokens_mean"] > s["thinking_tokens_mean"] >= 0, name
+    assert json.loads(Path(res["replay"]["json"]).read_text())["strategies"] == strategies
+
+    # 6. the controller answered every prompt, with a confidence and its cost
+    ctl = res["controller"]
+    assert [d["problem_id"] for d in ctl] == [h["id"] for h in held[:params["n_prompts"]]]
+    for d in ctl:
+        assert d["answer"] and _is_probability(d["confidence"]) and d["samples"] >= 1, d
+        assert d["tokens"] > d["thinking_tokens"] >= 0, d
+        assert d["correct"] == (d["answer"] == d["gold"]), d  # arith answers and gold are canonical integers
+        assert d["strategy"] and (d["stop"] is None or d["stop"] in STOP_REASONS), d
+
+    text, _ = _outputs(nb)
+    for command in ("collect --generations", "train --traces", "calibrate --bundle", "replay --traces"):
+        assert f"$ thinkctl {command}" in text, command
+    assert "Learn-then-Test" in text

@@ -40,11 +40,11 @@ def trace(pid, forced, *, final, gold="4", every=8, n_thinking=None, closed=True
             "n_thinking": n_think, "thinking_closed": closed, "checkpoints": cks, "_hidden": hidden}
 
 
-def write_store(path, rows, *, every=8, cap=64, window=16, stamp=STAMP, seed=0):
+def write_store(path, rows, *, every=8, cap=64, window=16, stamp=STAMP, seed=0, extra=None):
     rng = np.random.default_rng(seed)
     store = TraceStore(path)
     store.init({"collect": {"task": "arith", "every": every, "max_new_tokens": cap, "confidence_window": window,
-                            "confidence_top_k": 5}, "layers_resolved": LAYERS, "model": dict(stamp)})
+                            "confidence_top_k": 5}, "layers_resolved": LAYERS, "model": dict(stamp), **(extra or {})})
     if not rows:
         return store
     ck_h, prompt_h, out = [], [], []
@@ -163,6 +163,26 @@ def test_a_trace_cut_by_the_store_cap_is_answered_where_the_answer_was_forced(tm
     assert full["p0"]["tokens"] == PROMPT + 32 + ANSWER
     assert res["config"]["traces"]["n_truncated"] == 1
     assert by_problem(res, "oracle")["p0"]["thinking_tokens"] == 24
+
+
+def test_a_store_from_recorded_generations_has_no_cap_its_longest_text_reached(tmp_path, capsys):
+    """`collect --generations` records the longest text as max_new_tokens; that text ended on its own."""
+    rows = [trace("p0", ["1", "4", "4"], final="4"),                                     # the longest: 24 + 15
+            trace("p1", ["4", "2"], final="2", n_thinking=15, closed=False, n_generated=15),  # thinking never closed
+            trace("p2", ["4", "4"], final="4")]
+    gens = {"generations": {"sha256": "0" * 64, "problems": 3, "texts": 3, "lossy_texts": 0}}
+    for name, extra in (("live", None), ("file", gens)):
+        write_store(tmp_path / name, rows, cap=24 + ANSWER, extra=extra)
+    live, file = (replay_serial(tmp_path / name, rules="full,fixed@64") for name in ("live", "file"))
+    assert by_problem(live, "full")["p0"]["stop"] == "cap" and live["config"]["traces"]["n_truncated"] == 2
+    full = by_problem(file, "full")
+    assert full["p0"]["stop"] == "end" and full["p0"]["tokens"] == PROMPT + 24 + ANSWER and full["p0"]["correct"]
+    assert full["p1"]["stop"] == "cap" and full["p1"]["correct"] is False  # forced at its end: "2"
+    assert file["config"]["traces"]["n_truncated"] == 1 and file["config"]["traces"]["max_new_tokens"] is None
+    assert "note" in live["config"]["rules"]["fixed@64"] and "note" not in file["config"]["rules"]["fixed@64"]
+    assert main(["replay", "--traces", str(tmp_path / "file"), "--json", str(tmp_path / "r.json"),
+                 "--no-progress"]) == 0
+    assert "1 whose thinking never closed" in capsys.readouterr().out
 
 
 def write_bundle(path, store_path, *, check_points, threshold, stamp=STAMP, outlook=False, seed=0):

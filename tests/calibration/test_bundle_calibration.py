@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator
 
 from thinkctl.bundle import CONFIDENCE_OOF, RISK_CONTROL, BundleLayout
 from thinkctl.calibration.bundle import (OOF_KIND, RISK_CONTROL_KIND, CalibrationConfig, bundle_report_entries,
-                                         calibrate_bundle, out_of_fold_logits)
+                                         calibrate_bundle, choose_calibrator, out_of_fold_logits)
 from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
 
 
@@ -328,3 +328,18 @@ def test_retraining_without_recalibrating_is_refused_with_what_to_run(bundle, sy
     shutil.rmtree(bundle / "confidence_probe")
     shutil.copytree(other / "confidence_probe", bundle / "confidence_probe")
     assert any("another confidence_probe" in s for s in layout.stale_parts(layout.read_manifest()))
+
+
+def test_a_calibrator_is_chosen_on_fewer_problems_than_folds_and_one_problem_is_refused():
+    """Three calib problems and five folds: the empty folds are skipped; every checkpoint is scored out of fold."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.array(["a", "b", "c"]), 8)
+    y = np.tile([0, 1], 12)
+    x = rng.normal(size=24) + 2.0 * y
+    name, cv, fitted = choose_calibrator(x, y, groups, CalibrationConfig(cv_folds=5))
+    assert name in cv and set(cv) == set(CalibrationConfig().calibrators)
+    assert all(np.isfinite(v) and 0.0 <= v <= 1.0 for v in cv.values())
+    p = fitted.predict_proba(x)
+    assert p.shape == (24,) and np.all((p >= 0) & (p <= 1))
+    with pytest.raises(ValueError, match="at least 2 problems, got 1.*--calib-fraction"):
+        choose_calibrator(x, y, np.repeat("a", 24), CalibrationConfig())

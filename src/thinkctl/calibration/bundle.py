@@ -145,12 +145,19 @@ def choose_calibrator(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
                       cfg: CalibrationConfig = CalibrationConfig()) -> tuple[str, dict[str, float], Any]:
     """The calibrator of ``cfg.calibrators`` with the lowest grouped cross-validated Brier score on logits ``x`` and
     labels ``y`` (``cfg.cv_folds`` folds by ``groups``), refitted on all of them: ``(name, {name: Brier}, fitted)``."""
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(f"choosing a calibrator by grouped cross-validation needs checkpoints of at least 2 problems, "
+                         f"got {n_groups}; give the calib split more problems (collect more, or raise "
+                         "`thinkctl train --calib-fraction`)")
     folds = _fold_of(groups, cfg.cv_folds, cfg.seed)
     cv: dict[str, float] = {}
     for name in cfg.calibrators:
         oof = np.empty(len(y))
         for f in range(cfg.cv_folds):
             fit_m, pred_m = folds != f, folds == f
+            if not pred_m.any():  # fewer problems than folds: this fold holds none
+                continue
             c = make_calibrator(name).fit(x[fit_m], y[fit_m])
             oof[pred_m] = c.predict_proba(x[pred_m])
         cv[name] = float(brier_score(y, oof))

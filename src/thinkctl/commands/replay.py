@@ -137,8 +137,9 @@ def _run_serial(args: argparse.Namespace) -> int:
     out = write_json(args.json, result)
 
     tr = result["config"]["traces"]
-    print(f"{tr['path']}: {tr['n_problems']} greedy traces, checkpoints every {tr['every']} thinking tokens, "
-          f"{tr['n_truncated']} reached the store's cap of {tr['max_new_tokens']} tokens")
+    cut = (f"{tr['n_truncated']} reached the store's cap of {tr['max_new_tokens']} tokens"
+           if tr["max_new_tokens"] is not None else f"{tr['n_truncated']} whose thinking never closed")
+    print(f"{tr['path']}: {tr['n_problems']} greedy traces, checkpoints every {tr['every']} thinking tokens, {cut}")
     print(f"{'rule':<11} {'accuracy':>8} {'95% CI':>15} {'thinking':>9} {'tokens':>8} {'saved':>7} "
           f"{'saved 95% CI':>16} {'d acc':>7} {'lost':>6}")
     for name, e in result["strategies"].items():

@@ -52,7 +52,9 @@ A greedy sample that reached the store's ``max_new_tokens`` is answered where it
 at the cap, as live budget forcing does there, when its thinking did not close (a live run with a larger cap would
 think on); at the end of thinking when only its answer was cut off (the forced ``</think>`` + answer prefix is what
 the model writes there itself). ``n_truncated`` counts them; to replay a live run, collect with a
-``max_new_tokens`` of at least its thinking cap plus the forced answer.
+``max_new_tokens`` of at least its thinking cap plus the forced answer. A store written from recorded generations
+(``thinkctl collect --generations``) records no cap (its ``max_new_tokens`` is its longest text): there, only a
+greedy text whose thinking never closed counts as cut, and is answered at its end.
 
 Measures, per rule: accuracy with its Wilson 95 % interval; mean tokens and thinking tokens with percentile-bootstrap
 95 % intervals over problems; paired differences against ``full`` (accuracy, thinking tokens and tokens saved, paired
@@ -302,6 +304,10 @@ def load_traces(store_path: str | os.PathLike[str], *,
                          f"{len(rows)}: serial rules replay greedy thinking; collect a store whose first sample per "
                          "problem is greedy (`thinkctl collect`, or `--generations` with the greedy generation first)")
     cap = int(collect["max_new_tokens"]) if collect.get("max_new_tokens") else None
+    if "generations" in cfg:
+        # written by `collect --generations`: max_new_tokens is the longest text of the file, not a cap that cut
+        # any of them (what the generator's own cap was is unknown); only an unclosed thinking shows a cut
+        cap = None
     window = collect.get("confidence_window")
     window = int(window) if window is not None else None
     scores: dict[int, np.ndarray] = {}
