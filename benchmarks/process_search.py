@@ -47,7 +47,7 @@ def _keyed(row: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     key = f"{cfg.get('task')}/{cfg.get('level')}/{cfg.get('seed')}/{row['problem_id']}"
     name = row["strategy"]
     scorer = cfg.get("scorer") or "check"
-    if scorer != "check" and name.partition("@")[0] in ("beam", "dvts"):
+    if scorer != "check" and name.partition("@")[0] in ("beam", "dvts", "prune"):
         name = f"{name}[{scorer}]"
     return {**row, "problem_id": key, "strategy": name}
 
