@@ -299,7 +299,7 @@ def test_cli_writes_json_and_table_and_refuses_bad_input_without_writing(tmp_pat
     folder = tmp_path / "folder"
     folder.mkdir()
     assert main(["replay", "--traces", str(tmp_path / "s"), "--json", str(folder)]) == 2
-    assert "is a folder" in capsys.readouterr().err and not any(folder.iterdir())
+    assert "is a directory" in capsys.readouterr().err and not any(folder.iterdir())
 
     bad = tmp_path / "bad.json"
     assert main(["replay", "--traces", str(tmp_path / "s"), "--rules", "fixed@12", "--json", str(bad)]) == 2

@@ -175,9 +175,9 @@ def test_deepconf_stops_sampling_at_consensus():
 
 def test_strategy_registry_names_and_errors():
     assert STRATEGIES.names() == ["adaptive", "asc", "beam", "best_of", "deepconf", "dvts", "dynasor", "esc", "fixed",
-                                  "sc", "serial"]
+                                  "prune", "sc", "serial"]
     with pytest.raises(UnknownNameError, match="unknown strategy 'bean'; known: adaptive, asc, beam, best_of, "
-                                               "deepconf, dvts, dynasor, esc, fixed, sc"):
+                                               "deepconf, dvts, dynasor, esc, fixed, prune, sc"):
         get_strategy("bean@4")
     with pytest.raises(ValueError, match="needs a thinking budget, e.g. fixed@256"):
         get_strategy("fixed")
