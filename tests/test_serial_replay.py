@@ -168,9 +168,11 @@ def test_a_trace_cut_by_the_store_cap_is_answered_where_the_answer_was_forced(tm
 def test_a_store_from_recorded_generations_has_no_cap_its_longest_text_reached(tmp_path, capsys):
     """`collect --generations` records the longest text as max_new_tokens; that text ended on its own."""
     rows = [trace("p0", ["1", "4", "4"], final="4"),                                     # the longest: 24 + 15
-            trace("p1", ["4", "2"], final="2", n_thinking=15, closed=False, n_generated=15),  # thinking never closed
-            trace("p2", ["4", "4"], final="4")]
-    gens = {"generations": {"sha256": "0" * 64, "problems": 3, "texts": 3, "lossy_texts": 0}}
+            trace("p1", ["4", "2"], final=None, n_thinking=15, closed=False, n_generated=15),  # never closed, no answer
+            trace("p2", ["4", "4"], final="4"),
+            # never closed, but it answered in its own words before any cap (a model without think markers)
+            trace("p3", ["2", "4"], final="4", n_thinking=15, closed=False, n_generated=15)]
+    gens = {"generations": {"sha256": "0" * 64, "problems": 4, "texts": 4, "lossy_texts": 0}}
     for name, extra in (("live", None), ("file", gens)):
         write_store(tmp_path / name, rows, cap=24 + ANSWER, extra=extra)
     live, file = (replay_serial(tmp_path / name, rules="full,fixed@64") for name in ("live", "file"))
@@ -178,6 +180,8 @@ def test_a_store_from_recorded_generations_has_no_cap_its_longest_text_reached(t
     full = by_problem(file, "full")
     assert full["p0"]["stop"] == "end" and full["p0"]["tokens"] == PROMPT + 24 + ANSWER and full["p0"]["correct"]
     assert full["p1"]["stop"] == "cap" and full["p1"]["correct"] is False  # forced at its end: "2"
+    assert full["p3"]["stop"] == "end" and full["p3"]["correct"]  # its own answer, not the forced one
+    assert by_problem(live, "full")["p3"]["stop"] == "end"  # below the live cap too
     assert file["config"]["traces"]["n_truncated"] == 1 and file["config"]["traces"]["max_new_tokens"] is None
     assert "note" in live["config"]["rules"]["fixed@64"] and "note" not in file["config"]["rules"]["fixed@64"]
     assert main(["replay", "--traces", str(tmp_path / "file"), "--json", str(tmp_path / "r.json"),

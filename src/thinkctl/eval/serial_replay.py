@@ -54,7 +54,9 @@ think on); at the end of thinking when only its answer was cut off (the forced `
 the model writes there itself). ``n_truncated`` counts them; to replay a live run, collect with a
 ``max_new_tokens`` of at least its thinking cap plus the forced answer. A store written from recorded generations
 (``thinkctl collect --generations``) records no cap (its ``max_new_tokens`` is its longest text): there, only a
-greedy text whose thinking never closed counts as cut, and is answered at its end.
+greedy text whose thinking never closed and that gives no answer of its own counts as cut, and is answered at its
+end. A text that ended before any cap with an answer of its own (a model without think markers answering in its own
+words) is answered by it, as a live run ends at its end of sequence.
 
 Measures, per rule: accuracy with its Wilson 95 % interval; mean tokens and thinking tokens with percentile-bootstrap
 95 % intervals over problems; paired differences against ``full`` (accuracy, thinking tokens and tokens saved, paired
@@ -341,10 +343,14 @@ def load_traces(store_path: str | os.PathLike[str], *,
             raise ValueError(f"trace store {path}: the hidden states of problem {pid}'s greedy checkpoints do not "
                              "match its rows; the store is damaged, collect it again")
         closed = bool(r.get("thinking_closed", True))
+        at_cap = cap is not None and int(r["n_generated"]) >= cap
+        # a text that ended before any cap with an answer of its own (a model without think markers that answers
+        # in its own words, e.g. "The answer is 11") is answered by it, as a live run ends at its end-of-sequence
+        finished = not at_cap and r.get("answer") is not None
         traces.append(GreedyTrace(
             problem_id=pid, level=r.get("level"), gold=r.get("gold"), answer=r.get("answer"),
             correct=bool(r["correct"]), closed=closed,
-            truncated=not closed or (cap is not None and int(r["n_generated"]) >= cap),
+            truncated=at_cap or (not closed and not finished),
             n_prompt=int(r["n_prompt_tokens"]), n_generated=int(r["n_generated"]), n_thinking=int(r["n_thinking"]),
             position=np.array([int(c["position"]) for c in cks]),
             forced_answer=tuple(c.get("forced_answer") for c in cks),
