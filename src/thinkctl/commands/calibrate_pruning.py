@@ -50,16 +50,19 @@ def _key(problem_id: str, level: int | None) -> str:
 
 
 def _records(rows_path: Path) -> dict[str, dict[str, Any]]:
-    from thinkctl.jsonl import iter_jsonl
+    from thinkctl.eval.rowsfile import load_rows
 
-    if not rows_path.is_file():
-        return {}
-    return {_key(row["problem_id"], row["level"]): row for _, row in iter_jsonl(rows_path)}
+    return {_key(row["problem_id"], row["level"]): row for row in load_rows(rows_path)}
+
+
+def _record(task: Any, problem: Any, tokens: int, branches: list[dict[str, Any]]) -> dict[str, Any]:
+    """One problem's row: its samples' records, each with whether its answer is right."""
+    marked = [{**b, "correct": bool(b["answer"] is not None and task.check_answer(problem, b["answer"]))}
+              for b in branches]
+    return {"problem_id": problem.id, "level": problem.level, "tokens": tokens, "branches": marked}
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import os
     from dataclasses import replace
 
     from tqdm.auto import tqdm
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.calibration.risk_control import min_calibration_size
     from thinkctl.controller import AdaptiveController, ControllerConfig
     from thinkctl.controller.search import make_step_scorer
-    from thinkctl.eval.rowsfile import guard_rows
+    from thinkctl.eval.rowsfile import append_rows, guard_rows
     from thinkctl.generation import chat_prefix, reasoning_format
     from thinkctl.models import model_id, model_stamp
     from thinkctl.process.pruning import BranchRecord, branches_of_trace, certify_pruning
@@ -118,15 +121,9 @@ def run(args: argparse.Namespace) -> int:
             chunk = todo[start:start + args.block]
             found = step_search(model, tokenizer, fmt, task, chunk, [chat_prefix(tokenizer, p.prompt) for p in chunk],
                                 scorer, search, method="prune")
-            with rows_path.open("a", encoding="utf-8") as fh:
-                for p, r in zip(chunk, found):
-                    branches = [{**b, "correct": bool(b["answer"] is not None and task.check_answer(p, b["answer"]))}
-                                for b in branches_of_trace(r.trace)]
-                    row = {"problem_id": p.id, "level": p.level, "tokens": r.tokens, "branches": branches}
-                    done[_key(p.id, p.level)] = row
-                    fh.write(json.dumps(row) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            new = [_record(task, p, r.tokens, branches_of_trace(r.trace)) for p, r in zip(chunk, found)]
+            append_rows(rows_path, new)
+            done.update((_key(p.id, p.level), row) for p, row in zip(chunk, new))
             bar.update(len(chunk))
         bar.close()
     records = [[BranchRecord(scores=tuple(b["scores"]), correct=b["correct"], lengths=tuple(b.get("lengths", ())))

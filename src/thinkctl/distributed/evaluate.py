@@ -133,7 +133,8 @@ def evaluate_distributed(model: ModelSpec | str, task: Any, problems: Sequence[A
     """
     from thinkctl.controller import ControllerConfig
     from thinkctl.controller.strategies import get_strategy
-    from thinkctl.eval.evaluate import _append_rows, _load_done, _todo_blocks
+    from thinkctl.eval.evaluate import _todo_blocks
+    from thinkctl.eval.rowsfile import append_rows, load_rows
 
     require_ray()
     if block < 1:
@@ -145,7 +146,7 @@ def evaluate_distributed(model: ModelSpec | str, task: Any, problems: Sequence[A
     for name in names:
         get_strategy(name)  # fail early on a bad name, before any actor starts
     path = Path(rows_path)
-    done = _load_done(path)
+    done = load_rows(path)
     have = {(r["problem_id"], r["strategy"]) for r in done}
     rows = list(done)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,7 @@ def evaluate_distributed(model: ModelSpec | str, task: Any, problems: Sequence[A
         logger.info("resuming %s: %d rows already there, %d blocks to run", path, len(done), len(shards))
 
     def commit(key: tuple[str, int], new: list[dict[str, Any]]) -> None:
-        _append_rows(path, new)
+        append_rows(path, new)
         rows.extend(new)
         if on_shard is not None:
             on_shard(key)

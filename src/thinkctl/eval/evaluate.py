@@ -13,7 +13,6 @@ each baseline family's accuracy interpolated at the adaptive controller's mean t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -22,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from thinkctl.jsonl import iter_jsonl
+from thinkctl.eval.rowsfile import append_rows, load_rows
 from thinkctl.stats import bootstrap_interval
 
 __all__ = ["evaluate", "summarize", "matched_compute", "pareto_plot", "oracle_rows", "paired_comparison"]
@@ -147,34 +146,6 @@ def matched_compute(summary: dict[str, dict[str, Any]], target: str = "adaptive"
     return out
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut an incomplete last line (a run killed while appending a block) off the rows file, so that resuming
-    recomputes those rows instead of failing on half a JSON object."""
-    with path.open("rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        data = f.read()
-        keep = data.rfind(b"\n") + 1
-        f.truncate(keep)
-    logger.warning("%s ended in an incomplete row (a run stopped while writing it); dropped it, its problem is run "
-                   "again", path)
-
-
-def _load_done(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    _drop_torn_tail(path)
-    rows = []
-    for _, row in iter_jsonl(path):
-        rows.append(row)
-    return rows
-
-
 def evaluate(controller: Any, task: Any, problems: Sequence[Any], strategies: Sequence[str], *,
              rows_path: str | os.PathLike[str] | None = None, block: int = 64,
              progress: Callable[[int], None] | None = None, record_trace: bool = False) -> list[dict[str, Any]]:
@@ -191,7 +162,7 @@ def evaluate(controller: Any, task: Any, problems: Sequence[Any], strategies: Se
 
     runners = {name: get_strategy(name) for name in strategies}  # fail early on a bad name
     path = Path(rows_path) if rows_path is not None else None
-    done = _load_done(path) if path is not None else []
+    done = load_rows(path) if path is not None else []
     have = {(r["problem_id"], r["strategy"]) for r in done}
     rows = list(done)
     if path is not None:
@@ -204,7 +175,7 @@ def evaluate(controller: Any, task: Any, problems: Sequence[Any], strategies: Se
             results = run(controller, [p.prompt for p in chunk])
             new = [_row(p, name, r, task, record_trace) for p, r in zip(chunk, results)]
             if path is not None:
-                _append_rows(path, new)
+                append_rows(path, new)
             rows.extend(new)
             if progress is not None:
                 progress(len(chunk))
@@ -218,15 +189,6 @@ def _todo_blocks(problems: Sequence[Any], name: str, have: set[tuple[str, str]],
     seeds depend only on the block's prompts, so a run sharded by these blocks gives the same rows."""
     todo = [p for p in problems if (p.id, name) not in have]
     return [todo[start:start + block] for start in range(0, len(todo), block)]
-
-
-def _append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append ``rows`` to the JSONL at ``path`` and fsync: a block is on disk before the next one starts."""
-    with path.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _stop_of(trace: list[dict[str, Any]]) -> str | None:

@@ -5,7 +5,9 @@ things would make that silently wrong: a second process appending to the same fi
 resumed run whose settings differ from the run that wrote the rows (another level, seed, model, bundle, token cap
 or step scorer: the old rows would be reported under the new settings). :func:`guard_rows` prevents both: it holds
 an exclusive lock (``fcntl.flock`` on ``ROWS.lock``) for the run, and records the settings beside the rows
-(``ROWS.config.json``); a resumed run with other settings is refused, naming what differs.
+(``ROWS.config.json``); a resumed run with other settings is refused, naming what differs. :func:`append_rows`
+writes a block of rows to disk before the next block starts, and :func:`load_rows` reads them back, dropping a last
+row that a killed run left half-written.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
+from thinkctl.jsonl import iter_jsonl
 from thinkctl.persistence import read_json
 
-__all__ = ["guard_rows", "RowsInUseError"]
+__all__ = ["guard_rows", "RowsInUseError", "append_rows", "load_rows"]
+
+logger = logging.getLogger(__name__)
 
 
 class RowsInUseError(ValueError):
@@ -78,3 +84,38 @@ def guard_rows(rows_path: str | os.PathLike[str], settings: Mapping[str, Any]) -
         yield rows
     finally:
         os.close(fd)  # releases the lock
+
+
+def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Append ``rows`` to the JSONL at ``path`` and fsync: a block is on disk before the next one starts."""
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an incomplete last line (a run killed while appending a block) off the rows file, so that resuming
+    recomputes those rows instead of failing on half a JSON object."""
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    logger.warning("%s ended in an incomplete row (a run stopped while writing it); dropped it, its problem is run "
+                   "again", path)
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows already in the JSONL at ``path`` (none when it does not exist), after dropping a torn last row."""
+    if not path.is_file():
+        return []
+    _drop_torn_tail(path)
+    return [row for _, row in iter_jsonl(path)]
