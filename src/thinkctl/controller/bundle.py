@@ -28,11 +28,24 @@ __all__ = ["Bundle", "load_bundle_predictors", "load_bundle_outlook"]
 logger = logging.getLogger(__name__)
 
 
-def _check_probe_for_model(probe: Any, hidden: int, what: str, source: Path) -> None:
+@dataclass(frozen=True)
+class _Width:
+    """The hidden size a bundle's probes must read: the model's (:meth:`Bundle.load`), or the one ``bundle.json``
+    records (:meth:`Bundle.read`, no model at hand; None: unchecked)."""
+
+    size: int | None
+    model: bool
+
+
+def _check_probe_for_model(probe: Any, hidden: _Width, what: str, source: Path) -> None:
     n = int(getattr(probe, "n_features_in_", -1))
-    if n != hidden:
+    if hidden.size is None or n == int(hidden.size):
+        return
+    if hidden.model:
         raise ValueError(f"{what} in {source} reads hidden states of size {n}, but this model has hidden_size="
-                         f"{hidden}: the bundle belongs to another model. {RETRAIN_HINT}")
+                         f"{hidden.size}: the bundle belongs to another model. {RETRAIN_HINT}")
+    raise ValueError(f"{what} in {source} reads hidden states of size {n}, but bundle.json records hidden_size="
+                     f"{hidden.size}; the bundle is damaged: retrain it with `thinkctl train` and `thinkctl calibrate`")
 
 
 @dataclass(frozen=True)
@@ -93,24 +106,32 @@ class Bundle:
             If the bundle was made for another model, or a calibration part was made for another probe than the
             one in the folder (the message says what to run).
         """
-        layout = BundleLayout(bundle_dir)
-        meta = layout.read_manifest()
-        if "confidence_layer" not in meta:
-            raise ValueError(f"{layout.manifest_path} has no confidence_layer; it was not written by `thinkctl train`")
-        stale = layout.stale_parts(meta)
-        if stale:
-            raise ValueError("; ".join(stale))
+        layout, meta = _manifest(bundle_dir)
         check_stamp(meta.get("model") or {}, model, f"bundle {layout.root}")
-        risk = layout.read_document(RISK_CONTROL, RISK_CONTROL_KIND) if layout.has(RISK_CONTROL) else {}
-        confidence, difficulty = _predictors(layout, meta, risk, model)
-        outlook = _outlook(layout, meta, risk, model)
-        routing = RoutingTable.load(layout.path(ROUTING)) if layout.has(ROUTING) else None
-        if routing is None and difficulty is not None:
+        bundle = cls._parts(layout, meta, _Width(model_hidden_size(model), model=True))
+        if bundle.routing is None and bundle.difficulty is not None:
             logger.warning("bundle %s has a difficulty probe but no %s: the controller routes on the placeholder "
                            "thresholds of ControllerConfig (easy_above, hard_below), which can spend many times the "
                            "tokens of a fitted table; run `thinkctl calibrate %s` to fit it", layout.root, ROUTING,
                            layout.root)
-        return cls(layout, meta, confidence, difficulty, outlook, routing, risk, _process(layout, meta, model))
+        return bundle
+
+    @classmethod
+    def read(cls, bundle_dir: str | os.PathLike[str]) -> "Bundle":
+        """Load the bundle in ``bundle_dir`` without its model (e.g. to replay its stop rule on recorded hidden
+        states): the same parts and checks as :meth:`load`, except that the probes are checked against the hidden
+        size ``bundle.json`` records, and the model stamp (``manifest["model"]``) is left for the caller to compare.
+        """
+        layout, meta = _manifest(bundle_dir)
+        return cls._parts(layout, meta, _Width((meta.get("model") or {}).get("hidden_size"), model=False))
+
+    @classmethod
+    def _parts(cls, layout: BundleLayout, meta: dict[str, Any], hidden: _Width) -> "Bundle":
+        risk = layout.read_document(RISK_CONTROL, RISK_CONTROL_KIND) if layout.has(RISK_CONTROL) else {}
+        confidence, difficulty = _predictors(layout, meta, risk, hidden)
+        outlook = _outlook(layout, meta, risk, hidden)
+        routing = RoutingTable.load(layout.path(ROUTING)) if layout.has(ROUTING) else None
+        return cls(layout, meta, confidence, difficulty, outlook, routing, risk, _process(layout, meta, hidden))
 
     def save(self, bundle_dir: str | os.PathLike[str]) -> Path:
         """Write this bundle's parts into ``bundle_dir`` (probes, calibrators, stop rule, routing table, manifest).
@@ -157,15 +178,26 @@ class Bundle:
         return out.write_manifest(meta)
 
 
-def _predictors(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any], model: Any
+def _manifest(bundle_dir: str | os.PathLike[str]) -> tuple[BundleLayout, dict[str, Any]]:
+    """The layout and manifest of a trained bundle whose calibration is not stale."""
+    layout = BundleLayout(bundle_dir)
+    meta = layout.read_manifest()
+    if "confidence_layer" not in meta:
+        raise ValueError(f"{layout.manifest_path} has no confidence_layer; it was not written by `thinkctl train`")
+    stale = layout.stale_parts(meta)
+    if stale:
+        raise ValueError("; ".join(stale))
+    return layout, meta
+
+
+def _predictors(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any], hidden: _Width
                 ) -> tuple[HiddenStatePredictor, HiddenStatePredictor | None]:
     from thinkctl.predictors.probe import HiddenStateProbe
 
-    hidden = model_hidden_size(model)
     layer = int(meta["confidence_layer"])
     probe = HiddenStateProbe.load(layout.path(CONFIDENCE_PROBE))
     _check_probe_for_model(probe, hidden, "the confidence probe", layout.path(CONFIDENCE_PROBE))
-    probe.check_compatible(hidden_size=hidden, layer=layer)
+    probe.check_compatible(hidden_size=hidden.size, layer=layer)
     calibrator = None
     if layout.has(CONFIDENCE_CALIBRATOR):
         calibrator = load_calibrator(layout.path(CONFIDENCE_CALIBRATOR))
@@ -191,7 +223,7 @@ def _predictors(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any]
     return confidence, difficulty
 
 
-def _outlook(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any], model: Any) -> Outlook | None:
+def _outlook(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any], hidden: _Width) -> Outlook | None:
     from thinkctl.predictors.probe import HiddenStateProbe
 
     score = risk.get("score", STOP_SCORE_CONFIDENCE)
@@ -203,7 +235,7 @@ def _outlook(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any], m
         raise ValueError(f"{risk_path} certifies a stop threshold on {score!r}, but {probe_dir} or "
                          f"{cal_path} is missing; rerun `thinkctl train` and `thinkctl calibrate` on the bundle")
     probe = HiddenStateProbe.load(probe_dir)
-    _check_probe_for_model(probe, model_hidden_size(model), "the outlook probe", probe_dir)
+    _check_probe_for_model(probe, hidden, "the outlook probe", probe_dir)
     layer = int(meta["confidence_layer"])
     if probe.layer is not None and int(probe.layer) != layer:
         raise ValueError(f"{probe_dir} reads layer {probe.layer}, the confidence probe layer {layer}; the stop score "
@@ -216,14 +248,14 @@ def _outlook(layout: BundleLayout, meta: dict[str, Any], risk: dict[str, Any], m
                    float(kappa) if isinstance(kappa, (int, float)) else 1.0)
 
 
-def _process(layout: BundleLayout, meta: dict[str, Any], model: Any) -> HiddenStatePredictor | None:
+def _process(layout: BundleLayout, meta: dict[str, Any], hidden: _Width) -> HiddenStatePredictor | None:
     from thinkctl.predictors.probe import HiddenStateProbe
 
     probe_dir, cal_path = layout.path(OUTLOOK_PROBE), layout.path(OUTLOOK_CALIBRATOR)
     if not probe_dir.is_dir() or not cal_path.is_file():
         return None
     probe = HiddenStateProbe.load(probe_dir)
-    _check_probe_for_model(probe, model_hidden_size(model), "the outlook probe", probe_dir)
+    _check_probe_for_model(probe, hidden, "the outlook probe", probe_dir)
     layer = int(probe.layer) if probe.layer is not None else int(meta["confidence_layer"])
     return HiddenStatePredictor(probe, layer, load_calibrator(cal_path))
 

@@ -417,16 +417,9 @@ class CertifiedStopRule:
                 "model": self.model}
 
 
-def _check_probe_width(probe: Any, hidden: Any, where: Path) -> None:
-    n = int(getattr(probe, "n_features_in_", -1))
-    if hidden is not None and n != int(hidden):
-        raise ValueError(f"{where} reads hidden states of size {n}, but bundle.json records hidden_size={hidden}; "
-                         "the bundle is damaged: retrain it with `thinkctl train` and `thinkctl calibrate`")
-
-
 def load_certified_rule(bundle_dir: str | os.PathLike[str]) -> CertifiedStopRule:
     """The certified stop rule of the bundle in ``bundle_dir``: its probes, calibrators, score, kappa, threshold and
-    check points, read as :meth:`thinkctl.controller.Bundle.load` reads them, but without a model (the trace store's
+    check points, read by :meth:`thinkctl.controller.Bundle.read` (the bundle without its model; the trace store's
     model stamp is checked instead, :func:`check_same_model`).
 
     Raises
@@ -436,62 +429,28 @@ def load_certified_rule(bundle_dir: str | os.PathLike[str]) -> CertifiedStopRule
     ValueError
         If the bundle is not trained, its calibration is stale, or a certified part is missing.
     """
-    from thinkctl.bundle import (CONFIDENCE_CALIBRATOR, CONFIDENCE_PROBE, OUTLOOK_CALIBRATOR, OUTLOOK_PROBE,
-                                 RISK_CONTROL, BundleLayout)
-    from thinkctl.calibration.bundle import RISK_CONTROL_KIND
-    from thinkctl.calibration.calibrators import load_calibrator
-    from thinkctl.calibration.risk_control import STOP_SCORE_CONFIDENCE, STOP_SCORE_OUTLOOK
-    from thinkctl.controller.predictors import HiddenStatePredictor, Outlook
+    from thinkctl.bundle import RISK_CONTROL
+    from thinkctl.controller.bundle import Bundle
     from thinkctl.persistence import MissingArtefactError
-    from thinkctl.predictors.probe import HiddenStateProbe
 
-    layout = BundleLayout(bundle_dir)
-    meta = layout.read_manifest()  # MissingArtefactError: "... is not a bundle (no bundle.json); ..."
-    if "confidence_layer" not in meta:
-        raise ValueError(f"{layout.manifest_path} has no confidence_layer; it was not written by `thinkctl train`")
-    stale = layout.stale_parts(meta)
-    if stale:
-        raise ValueError("; ".join(stale))
-    model = dict(meta.get("model") or {})
-    hidden = model.get("hidden_size")
-    layer = int(meta["confidence_layer"])
+    bundle = Bundle.read(bundle_dir)
+    layout, meta = bundle.layout, bundle.manifest
     if not layout.has(RISK_CONTROL):
         raise ValueError(f"bundle {layout.root} has no {RISK_CONTROL}: its stop rule is not certified; run "
                          f"`thinkctl calibrate {layout.root}`")
-    risk = layout.read_document(RISK_CONTROL, RISK_CONTROL_KIND)
-    probe = HiddenStateProbe.load(layout.path(CONFIDENCE_PROBE))
-    _check_probe_width(probe, hidden, layout.path(CONFIDENCE_PROBE))
-    calibrator = load_calibrator(layout.path(CONFIDENCE_CALIBRATOR)) if layout.has(CONFIDENCE_CALIBRATOR) else None
-    threshold = (meta.get("calibration") or {}).get("stop_threshold")
-    if threshold is None:
-        threshold = risk.get("threshold")
-    confidence = HiddenStatePredictor(probe, layer, calibrator, None if threshold is None else float(threshold))
-    outlook = None
-    score = risk.get("score", STOP_SCORE_CONFIDENCE)
-    if score != STOP_SCORE_CONFIDENCE:
-        probe_dir, cal_path = layout.path(OUTLOOK_PROBE), layout.path(OUTLOOK_CALIBRATOR)
-        if not probe_dir.is_dir() or not cal_path.is_file():
-            raise ValueError(f"{layout.path(RISK_CONTROL)} certifies a stop threshold on {score!r}, but {probe_dir} "
-                             f"or {cal_path} is missing; rerun `thinkctl train` and `thinkctl calibrate` on the bundle")
-        oprobe = HiddenStateProbe.load(probe_dir)
-        _check_probe_width(oprobe, hidden, probe_dir)
-        kappa = risk.get("kappa")
-        if score == STOP_SCORE_OUTLOOK and not isinstance(kappa, (int, float)):
-            raise ValueError(f"{layout.path(RISK_CONTROL)} certifies {STOP_SCORE_OUTLOOK!r} but records no kappa; "
-                             "rerun `thinkctl calibrate` on the bundle")
-        outlook = Outlook(HiddenStatePredictor(oprobe, layer, load_calibrator(cal_path)), score,
-                          float(kappa) if isinstance(kappa, (int, float)) else 1.0)
-    cps = risk.get("check_points")
+    cps = bundle.risk_control.get("check_points")
     store = None
     if "trace_store" in meta:
         try:
             store = str(layout.trace_store_path(meta))
         except MissingArtefactError:
             store = None
-    return CertifiedStopRule(bundle=str(layout.root), layer=layer, confidence=confidence, outlook=outlook,
+    threshold = bundle.confidence.threshold
+    return CertifiedStopRule(bundle=str(layout.root), layer=int(meta["confidence_layer"]),
+                             confidence=bundle.confidence, outlook=bundle.outlook,
                              threshold=None if threshold is None else float(threshold),
-                             check_points=tuple(int(c) for c in cps) if cps else None, risk=dict(risk), model=model,
-                             trace_store=store)
+                             check_points=tuple(int(c) for c in cps) if cps else None,
+                             risk=dict(bundle.risk_control), model=dict(meta.get("model") or {}), trace_store=store)
 
 
 # ----------------------------------------------------------------------------------------------------------------
