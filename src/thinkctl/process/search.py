@@ -280,8 +280,10 @@ def step_search(model: Any, tokenizer: Any, fmt: ReasoningFormat, task: Task, pr
 def _prune(st: _State, cands: list[_Beam], below: float | None) -> None:
     """One round of pruned sampling for one problem: candidates below ``below`` are abandoned, unless that would
     leave the problem with no sample at all (then the best-scoring one goes on); the rest finish or go on."""
-    low = [b for b in cands if below is not None and not b.score >= below]
-    keep = [b for b in cands if not any(b is x for x in low)]
+    low: list[_Beam] = []
+    keep: list[_Beam] = []
+    for b in cands:
+        (low if below is not None and not b.score >= below else keep).append(b)
     if not keep and not st.finished and low:
         best = max(low, key=lambda b: b.score if math.isfinite(b.score) else -math.inf)
         low = [b for b in low if b is not best]
