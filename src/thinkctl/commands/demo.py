@@ -30,6 +30,9 @@ NAME = "demo"
 HELP = "end to end on the embedded model: collect -> train -> calibrate -> evaluate -> report"
 DESCRIPTION = __doc__
 
+#: Generations per problem in the demo's traces (greedy + sampled), and on mix (see ``--samples``).
+DEMO_SAMPLES = 4
+MIX_SAMPLES = 9
 DEMO_STRATEGIES = "fixed@64,fixed@{cap},serial,sc@4,sc@8,sc@16,dynasor,adaptive"
 #: What a demo writes into ``--out``; ``--fresh`` deletes a folder only when all it holds is among these.
 DEMO_OUTPUTS = ("traces", "bundle", "report", "summary.json", "evaluate.json", "evaluate.png", "reliability.png",
@@ -47,8 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Learn-then-Test certifies nothing below 114 problems, and a rule that stops often needs "
                         "several hundred; seeing a 4-point vote gain takes hundreds too)")
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of the problems the demo evaluates on")
-    p.add_argument("--samples", type=int, default=4,
-                   help="generations per problem in the traces (the first greedy; the others record their answer)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="generations per problem in the traces (the first greedy; the others record their answer "
+                        f"and estimate votes; default {DEMO_SAMPLES}, and {MIX_SAMPLES} on mix, where escalating "
+                        "doubtful answers to an 8-sample vote is a candidate whose gain is estimated from the "
+                        "recorded samples without replacement)")
     p.add_argument("--every", type=int, default=8,
                    help="thinking tokens between checkpoints, where the stop rule reads its score (reading is free; "
                         "each recorded checkpoint costs one forced answer at collection time)")
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.predictors.from_traces import PredictorTrainingConfig, train_predictors
     from thinkctl.traces import CollectConfig, collect
 
+    samples = args.samples if args.samples is not None else (MIX_SAMPLES if args.task == "mix" else DEMO_SAMPLES)
     if args.n < 16:
         raise ValueError(f"--n={args.n} is too small for a train/calib/test split; use at least 16 (default 800)")
     split_cfg = PredictorTrainingConfig(seed=args.seed, calib_fraction=args.calib_fraction,
@@ -126,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     problems = task.sample(args.n, seed=args.seed)
     model, tokenizer = load_model(args.model)
     stage("collect traces")
-    ccfg = replace(CollectConfig(), task=args.task, n_problems=args.n, seed=args.seed, samples=args.samples,
+    ccfg = replace(CollectConfig(), task=args.task, n_problems=args.n, seed=args.seed, samples=samples,
                    temperature=args.temperature, every=args.every, checkpoints="greedy",
                    max_new_tokens=args.token_cap)  # the controller never generates past the cap either
     store = collect(model, tokenizer, task, problems, str(out / "traces"), ccfg, model_name=model_id(model),

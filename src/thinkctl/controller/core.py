@@ -283,6 +283,7 @@ class AdaptiveController(ParallelRoute):
                                    traces=[traces[i] for i in rows])
                 for i, x in zip(rows, res):
                     results[i] = x
+        self._escalate(pre, clock, chunk, results, [i for i, r in enumerate(routes) if r.kind == "serial"])
         rows = [i for i, r in enumerate(routes) if r.kind == "parallel"]
         if rows:
             res = self._parallel(pre, rows, clock, rule=self.stop_rule,
@@ -295,3 +296,25 @@ class AdaptiveController(ParallelRoute):
         for res_i, p in zip(done, p_solve):
             res_i.trace[0]["p_solve"] = p
         return done
+
+    def _escalate(self, pre: Prefill, clock: Clock, chunk: int, results: list[ControllerResult | None],
+                  rows: list[int]) -> None:
+        """Send the serial answers of ``rows`` whose calibrated confidence is below the routing table's escalation
+        threshold on to a vote (the serial answer voting first); replaces their results in place."""
+        esc = self.routing.escalation if self.routing is not None else None
+        if esc is None or "parallel" not in self.config.strategies or clock.expired():
+            return
+        serial = {i: r for i in rows if (r := results[i]) is not None and esc.escalates(r.confidence)}
+        if not serial:
+            return
+        for s in serial.values():
+            s.trace.append({"event": "escalate", "confidence": s.confidence, "below": esc.below,
+                            "samples": esc.samples})
+        low = list(serial)
+        res = self._parallel(pre, low, clock, rule=self.stop_rule, budgets=[1 + esc.samples] * len(low),
+                             name="serial+parallel", traces=[s.trace for s in serial.values()], chunk=chunk,
+                             seeds=list(serial.values()))
+        for i, s, r in zip(low, serial.values(), res):
+            r.tokens += s.tokens - (len(pre.prefixes[i]) - 1)  # the prompt is counted once
+            r.thinking_tokens += s.thinking_tokens
+            results[i] = r

@@ -66,8 +66,12 @@ class ParallelRoute(SerialRoute):
     def _parallel(self, pre: Prefill, rows: list[int], clock: Clock, *, rule: StopRuleLike | None,
                   budgets: list[int], name: str, traces: list[list[dict[str, Any]]], chunk: int,
                   scorer: Scorer | str | None = None, weighted: bool | None = None,
-                  deepconf: "DeepConfOnline | None" = None, wave_size: int | None = None) -> list[ControllerResult]:
-        """Waves of samples per prompt branching off the shared prefill, until each prompt's vote is settled."""
+                  deepconf: "DeepConfOnline | None" = None, wave_size: int | None = None,
+                  seeds: Sequence[ControllerResult] | None = None) -> list[ControllerResult]:
+        """Waves of samples per prompt branching off the shared prefill, until each prompt's vote is settled.
+
+        ``seeds`` (one per row) are answers already given (the serial route's, when it escalates): each counts as
+        the vote's first, within ``budgets``, and keeps its text when it leads; its tokens are the caller's."""
         cfg = self.config
         weighted = (cfg.weighted_vote if weighted is None else weighted) and self.confidence is not None
         read_end = weighted or scorer == "confidence"
@@ -83,6 +87,10 @@ class ParallelRoute(SerialRoute):
         status = [StopReason.BUDGET.value] * k_rows
         active = list(range(k_rows))
         low: list[float] | None = [-math.inf] * k_rows if deepconf is not None else None
+        for k, seed in enumerate(seeds or ()):
+            tallies[k].add(seed.answer or None)
+            if weighted and seed.answer:
+                wtallies[k].add(seed.answer, max(0.0, seed.confidence))
         wave = 0
         while active:
             if clock.expired():
@@ -173,6 +181,13 @@ class ParallelRoute(SerialRoute):
                 if leader in tallies[k].history else 0
             total = sum(v for _, v in final.ranked())
             share = final.votes(leader) / total if total > 0 else 0.0
+            if seeds is not None:
+                if first == 0:  # the seed leads: its text answers
+                    results[k] = self._result(pre, rows[k], [], generated[k], share, trace, name,
+                                              tallies[k].n_seen, answer=str(leader), text=seeds[k].text,
+                                              thinking=thinking[k])
+                    continue
+                first -= 1
             results[k] = self._result(pre, rows[k], gens[k][first], generated[k], share, trace, name,
                                       tallies[k].n_seen, answer=str(leader), text=texts[k][first],
                                       thinking=thinking[k])

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from thinkctl.controller.escalation import Escalation
 from thinkctl.persistence import check_finite, read_json, write_text_atomic
 from thinkctl.bundle import (CALIBRATION_DIR, DIFFICULTY_CALIBRATOR, DIFFICULTY_PROBE, RISK_CONTROL, ROUTING,
                              BundleLayout, fingerprint)
@@ -62,13 +63,15 @@ class RoutingTable:
 
     ``edges`` has one entry fewer than ``routes``: a query with P(solve) < edges[0] takes routes[0], and so on;
     P(solve) >= edges[-1] takes routes[-1]. ``estimates`` keeps the fitted per-bin accuracy and tokens of every
-    candidate route (for reports), ``meta`` how the table was fitted.
+    candidate route (for reports), ``meta`` how the table was fitted. ``escalation`` (optional) sends a serial answer
+    whose confidence is low on to a vote (:mod:`thinkctl.controller.escalation`).
     """
 
     edges: list[float]
     routes: list[Route]
     estimates: list[dict[str, dict[str, float]]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    escalation: Escalation | None = None
 
     def __post_init__(self) -> None:
         if len(self.routes) != len(self.edges) + 1:
@@ -83,7 +86,8 @@ class RoutingTable:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         doc = {"kind": "thinkctl-routing-table", "edges": self.edges, "routes": [r.name for r in self.routes],
-               "estimates": self.estimates, "meta": self.meta}
+               "estimates": self.estimates, "meta": self.meta,
+               "escalation": self.escalation.to_dict() if self.escalation is not None else None}
         write_text_atomic(path, json.dumps(doc, indent=2))
 
     @classmethod
@@ -93,8 +97,10 @@ class RoutingTable:
         if not isinstance(doc, dict) or doc.get("kind") != "thinkctl-routing-table":
             raise ValueError(f"{path} is not a thinkctl routing table (kind={doc.get('kind')!r})")
         check_finite(doc.get("edges"), str(path), hint)
+        esc = doc.get("escalation")
         return cls([float(e) for e in doc["edges"]], [Route.parse(r) for r in doc["routes"]],
-                   doc.get("estimates", []), doc.get("meta", {}))
+                   doc.get("estimates", []), doc.get("meta", {}),
+                   Escalation.from_dict(esc, str(path)) if esc is not None else None)
 
 
 @dataclass
@@ -320,6 +326,12 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     table = fit_routing_table(est, token_budget=token_budget_multiple * float(serial), n_bins=n_bins)
     table.meta.update({"token_budget_multiple": token_budget_multiple, "difficulty_layer": layer,
                        "fitted_on": "calib split", "trace_temperature": store.config["collect"].get("temperature")})
+    if certified and all(r.kind == "serial" for r in table.routes):
+        # every query starts serial: escalate the answers it doubts when the calibration problems show a gain
+        from thinkctl.controller.escalation import fit_bundle_escalation
+
+        table.escalation, table.meta["escalation"] = fit_bundle_escalation(
+            bundle_dir, token_budget_multiple=token_budget_multiple, wave_size=cfg.wave_size, seed=seed)
     table.save(layout.path(ROUTING))
     meta["routing_made_for"] = {DIFFICULTY_PROBE: fingerprint(layout.path(DIFFICULTY_PROBE))}
     layout.write_manifest(meta)

@@ -1,0 +1,293 @@
+"""Escalation: after the serial route has answered, spend votes where its own confidence says the answer is shaky.
+
+Routing by the prompt alone (:class:`~thinkctl.controller.routing.RoutingTable`) has to guess, before any thinking,
+which queries a vote will help. The serial route knows more once it has thought: the calibrated confidence at the
+end of its thinking (the state it answered from) is the probability that its answer is right. A cascade that
+escalates only the answers it doubts is the classic way to buy a vote's accuracy at a fraction of its cost (the
+model cascades of Chen et al. 2023, "FrugalGPT", arXiv:2305.05176, and the confidence-gated sampling of Aggarwal et
+al. 2023, "Let's Sample Step by Step", arXiv:2305.11860, applied within one model):
+
+* a query whose serial answer has calibrated confidence ``>= below`` keeps it;
+* otherwise up to ``samples`` samples are drawn in waves and vote together with the serial answer (which counts as
+  one vote and wins ties), stopped as soon as the vote is settled (:class:`~thinkctl.voting.MajorityStabilityStopping`).
+
+:func:`fit_escalation` picks ``below`` and ``samples`` on calibration problems from what the bundle's traces record:
+the serial route replayed on each problem's greedy trace (its answer, tokens and end-of-thinking confidence, exactly
+as the live controller would produce them) and votes simulated from the problem's recorded samples. It keeps an
+escalation only when the one-sided lower confidence bound of its accuracy gain over the serial route is above zero,
+and says in ``meta`` how many problems the decision rests on and the smallest gain it could have detected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from thinkctl.voting import MajorityStabilityStopping, VoteTally
+
+__all__ = ["Escalation", "EscalationData", "escalation_data", "fit_escalation", "fit_bundle_escalation",
+           "detectable_gain"]
+
+#: Vote sizes an escalation may take (samples drawn besides the serial answer), the controller's parallel routes.
+ESCALATION_SAMPLES = (4, 8, 16)
+#: Candidate thresholds: these quantiles of the calibration problems' end-of-thinking confidence (escalating the
+#: least confident 5 %, 10 %, ... 100 % of queries).
+ESCALATION_QUANTILES = tuple(round(q, 2) for q in np.arange(0.05, 1.0001, 0.05))
+#: Among the escalations within the budget, the cheapest whose estimated accuracy is within this of the best: a
+#: difference this small is far below what a calibration split can resolve, and not worth the tokens.
+ACCURACY_TOLERANCE = 0.0025
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Escalate a serial answer whose calibrated confidence is below ``below`` to a vote of up to ``samples``
+    samples plus the serial answer. ``meta`` records the evidence it was fitted on."""
+
+    below: float
+    samples: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.below, (int, float)) and 0.0 <= float(self.below) <= 1.0 + 1e-9):
+            raise ValueError(f"escalation threshold below={self.below!r} must be a probability in [0, 1]")
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+            raise ValueError(f"escalation samples={self.samples!r} must be an integer >= 1")
+
+    def escalates(self, confidence: float) -> bool:
+        return not (confidence >= self.below)  # a NaN confidence (never read) escalates
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"below": float(self.below), "samples": int(self.samples), "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str) -> "Escalation":
+        if not isinstance(doc, dict) or "below" not in doc or "samples" not in doc:
+            raise ValueError(f"{where}: 'escalation' must be an object with 'below' and 'samples'; fit it again with "
+                             "`thinkctl calibrate`")
+        below = doc["below"]
+        if not isinstance(below, (int, float)) or not math.isfinite(float(below)):
+            raise ValueError(f"{where}: escalation threshold {below!r} is not a finite number; fit it again with "
+                             "`thinkctl calibrate`")
+        return cls(float(below), int(doc["samples"]), dict(doc.get("meta") or {}))
+
+
+@dataclass
+class EscalationData:
+    """Per calibration problem: the serial route's outcome and the simulated votes.
+
+    ``vote_correct[:, j]`` is the estimated probability that escalating to ``samples[j]`` samples answers right,
+    ``vote_extra_tokens[:, j]`` the expected tokens the escalation adds (its samples, each with the prompt's last
+    token fed again)."""
+
+    problem_ids: list[str]
+    confidence: np.ndarray  # (n,) calibrated confidence at the end of the serial route's thinking
+    serial_correct: np.ndarray  # (n,) float 0/1
+    serial_tokens: np.ndarray  # (n,)
+    samples: tuple[int, ...]
+    vote_correct: np.ndarray  # (n, len(samples))
+    vote_extra_tokens: np.ndarray  # (n, len(samples))
+    recorded_samples: np.ndarray  # (n,) sampled answers recorded per problem
+
+
+def simulate_vote(seed_answer: Any, seed_correct: bool, answers: Sequence[Any], correct: Sequence[bool],
+                  lengths: Sequence[int], budget: int, *, wave_size: int, rule: Any, rng: np.random.Generator,
+                  draws: int) -> tuple[float, float]:
+    """P(right) and expected extra tokens of a vote seeded with the serial answer ``seed_answer`` (right or not
+    by ``seed_correct``) that draws waves of ``wave_size`` samples until ``rule`` settles it or ``budget`` samples
+    are drawn, as the live parallel route does. The samples are the recorded ``answers`` in random order (without
+    replacement: an unbiased estimate of a vote of ``budget`` fresh samples) when there are at least ``budget`` of
+    them, else drawn with replacement (which overweights the few recorded answers: the estimate is then only
+    indicative, and :func:`escalation_data` does not offer such vote sizes)."""
+    n = len(answers)
+    right = {a for a, c in zip(answers, correct) if c and a is not None}
+    if seed_answer is not None:
+        (right.add if seed_correct else right.discard)(seed_answer)
+    hits = 0
+    extra = 0.0
+    for _ in range(draws):
+        # fresh samples are distinct draws: without replacement while the recorded ones last
+        order = rng.permutation(n) if budget <= n else rng.integers(0, n, size=budget)
+        tally = VoteTally([seed_answer])
+        drawn = 0
+        while drawn < budget:
+            w = min(wave_size, budget - drawn)
+            for i in order[drawn:drawn + w]:
+                tally.add(answers[i])
+                extra += 1 + lengths[i]
+            drawn += w
+            if rule is not None and rule.should_stop(tally, budget + 1):
+                break
+        hits += tally.leader() in right
+    return hits / draws, extra / draws
+
+
+def escalation_data(serial_rows: Sequence[dict[str, Any]], confidence: dict[str, float],
+                    samples: Sequence[dict[str, Any]], *, vote_sizes: Sequence[int] = ESCALATION_SAMPLES,
+                    wave_size: int = 5, rule: Any = None, draws: int = 100, seed: int = 0) -> EscalationData:
+    """Per problem of ``serial_rows`` (rows of the serial route replayed on greedy traces: ``problem_id``,
+    ``answer``, ``correct``, ``tokens``): its end-of-thinking ``confidence`` and votes simulated from the problem's
+    sampled trace rows (``greedy: False``). Only vote sizes up to the fewest samples recorded for a problem are
+    offered (the largest recorded size when none of ``vote_sizes`` fits), so that every vote is estimated without
+    replacement. Problems without sampled rows are left out."""
+    rule = MajorityStabilityStopping() if rule is None else rule
+    by_problem: dict[str, list[dict[str, Any]]] = {}
+    for r in samples:
+        if not r.get("greedy"):
+            by_problem.setdefault(str(r["problem_id"]), []).append(r)
+    fewest = min((len(by_problem[str(r["problem_id"])]) for r in serial_rows
+                  if str(r["problem_id"]) in by_problem), default=0)
+    sizes = [int(k) for k in vote_sizes if k <= fewest] or ([fewest] if fewest >= 2 else [])
+    if not sizes:
+        raise ValueError("escalating to a vote needs at least 2 recorded samples per calibration problem besides "
+                         "the greedy one; collect with --samples >= 3")
+    vote_sizes = sizes
+    rng = np.random.default_rng(seed)
+    ids, conf, ok, tok, vc, vt, rec = [], [], [], [], [], [], []
+    for row in sorted(serial_rows, key=lambda r: str(r["problem_id"])):
+        pid = str(row["problem_id"])
+        sampled = by_problem.get(pid)
+        if not sampled or pid not in confidence:
+            continue
+        answers = [s.get("answer") for s in sampled]
+        correct = [bool(s.get("correct")) for s in sampled]
+        lengths = [int(s["n_generated"]) for s in sampled]
+        accs, extras = [], []
+        for k in vote_sizes:
+            acc, extra = simulate_vote(row.get("answer"), bool(row["correct"]), answers, correct, lengths, int(k),
+                                       wave_size=wave_size, rule=rule, rng=rng, draws=draws)
+            accs.append(acc)
+            extras.append(extra)
+        ids.append(pid)
+        conf.append(float(confidence[pid]))
+        ok.append(float(bool(row["correct"])))
+        tok.append(float(row["tokens"]))
+        vc.append(accs)
+        vt.append(extras)
+        rec.append(len(sampled))
+    if not ids:
+        raise ValueError("no calibration problem has both a serial replay and sampled traces; collect with "
+                         "--samples >= 2 (the first sample of each problem is greedy)")
+    return EscalationData(ids, np.asarray(conf), np.asarray(ok), np.asarray(tok), tuple(int(k) for k in vote_sizes),
+                          np.asarray(vc, dtype=float), np.asarray(vt, dtype=float), np.asarray(rec))
+
+
+def detectable_gain(sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
+    """The smallest mean gain a one-sided test at ``confidence`` detects with probability ``power`` on ``n``
+    problems whose per-problem gain has standard deviation ``sd`` (normal approximation)."""
+    from scipy.stats import norm
+
+    if n < 2 or not math.isfinite(sd):
+        return math.inf
+    return float((norm.ppf(confidence) + norm.ppf(power)) * sd / math.sqrt(n))
+
+
+def fit_escalation(data: EscalationData, *, token_budget: float, confidence: float = 0.95, n_boot: int = 2000,
+                   seed: int = 0, quantiles: Sequence[float] = ESCALATION_QUANTILES) -> Escalation | None:
+    """The escalation (threshold and vote size) with the best estimated accuracy at mean tokens within
+    ``token_budget`` (the cheapest within :data:`ACCURACY_TOLERANCE` of the best), kept only when the one-sided
+    ``confidence`` bootstrap lower bound of its mean accuracy gain over the serial route is above zero.
+
+    Returns ``None`` when no escalation passes; the evidence is then in the ``meta`` of the best candidate, which
+    :func:`fit_bundle_escalation` records in the routing table either way."""
+    n = len(data.problem_ids)
+    if token_budget <= 0:
+        raise ValueError(f"token_budget={token_budget} must be positive (mean tokens per query)")
+    cands: list[_Candidate] = []
+    thresholds = sorted({float(np.quantile(data.confidence, q)) for q in quantiles if q < 1}
+                        | {math.nextafter(float(data.confidence.max()), math.inf)})
+    for j, k in enumerate(data.samples):
+        for t in thresholds:
+            esc = data.confidence < t
+            if esc.any():
+                gain = np.where(esc, data.vote_correct[:, j] - data.serial_correct, 0.0)
+                tokens = data.serial_tokens + np.where(esc, data.vote_extra_tokens[:, j], 0.0)
+                cands.append(_Candidate(t, int(k), gain, float(data.serial_correct.mean() + gain.mean()),
+                                        float(tokens.mean()), float(esc.mean())))
+    feasible = [c for c in cands if c.tokens <= token_budget]
+    if not feasible:
+        return None
+    best_acc = max(c.accuracy for c in feasible)
+    pick = min((c for c in feasible if c.accuracy >= best_acc - ACCURACY_TOLERANCE), key=lambda c: c.tokens)
+    rng = np.random.default_rng(seed)
+    boot = pick.gain[rng.integers(0, n, size=(n_boot, n))].mean(1)
+    lower = float(np.quantile(boot, 1 - confidence))
+    sd = float(pick.gain.std(ddof=1)) if n > 1 else math.inf
+    meta = {"n_problems": n, "serial_accuracy": float(data.serial_correct.mean()),
+            "serial_tokens": float(data.serial_tokens.mean()), "token_budget": float(token_budget),
+            "gain_confidence": confidence, "recorded_samples_mean": float(data.recorded_samples.mean()),
+            "candidates_tried": len(cands), "expected_accuracy": pick.accuracy, "expected_tokens": pick.tokens,
+            "escalated_share": pick.escalated, "gain": float(pick.gain.mean()), "gain_lower_bound": lower,
+            "gain_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+            "detectable_gain": detectable_gain(sd, n, confidence), "kept": lower > 0,
+            "note": "threshold and vote size chosen on the same problems that test the gain, so the bound is "
+                    "optimistic; votes are simulated from each problem's recorded samples"}
+    return Escalation(pick.below, pick.samples, meta)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    below: float
+    samples: int
+    gain: np.ndarray  # per problem
+    accuracy: float
+    tokens: float
+    escalated: float
+
+
+def fit_bundle_escalation(bundle_dir: str | os.PathLike[str], *, token_budget_multiple: float, wave_size: int = 5,
+                          draws: int = 100, seed: int = 0) -> tuple[Escalation | None, dict[str, Any]]:
+    """Fit the escalation of a calibrated bundle on its calibration problems (see :func:`fit_escalation`); the
+    token budget is ``token_budget_multiple`` times the mean tokens of one greedy answer to the end on them.
+
+    Returns the escalation to keep (None when none passes its gain test, or the bundle certifies no stop rule) and
+    the evidence for the routing table's ``meta``."""
+    from dataclasses import replace
+
+    import torch
+
+    from thinkctl.eval.serial_replay import RuleInputs, SerialReplayConfig, load_certified_rule, load_traces, \
+        replay_rows, resolve_rules
+    from thinkctl.traces.store import TraceStore
+
+    rule = load_certified_rule(bundle_dir)
+    if rule.threshold is None or rule.trace_store is None:
+        return None, {"kept": False, "reason": "the bundle certifies no stop rule, so its serial route is not the "
+                                               "one escalation starts from"}
+    from thinkctl.bundle import BundleLayout
+
+    meta = BundleLayout(bundle_dir).read_manifest()
+    calib = set(meta["split"]["calib"])
+    data = load_traces(rule.trace_store, score=rule.stop_score, layer=rule.layer)
+
+    def conf_of(X: np.ndarray) -> np.ndarray:
+        return np.asarray(rule.confidence(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))))
+
+    confs = load_traces(rule.trace_store, score=conf_of, layer=rule.layer)
+    conf_by = {t.problem_id: t.score for t in confs.traces}
+    (full, probe), _ = resolve_rules(["probe"], RuleInputs(data, rule, SerialReplayConfig()))  # "full" comes first
+    traces = [t for t in data.traces if t.problem_id in calib]
+    if not traces:
+        return None, {"kept": False, "reason": "the bundle's calibration split has no greedy traces"}
+    rows = replay_rows(replace(data, traces=traces), [probe, full])
+    serial = [r for r in rows if r["strategy"] == "probe"]
+    greedy_tokens = float(np.mean([r["tokens"] for r in rows if r["strategy"] == "full"]))
+    end_conf: dict[str, float] = {}
+    for t in traces:
+        out = probe.run(t)
+        i = out.stop if out.stop is not None else t.n_checkpoints - 1
+        score = conf_by.get(t.problem_id)
+        if score is not None:
+            end_conf[t.problem_id] = float(score[i])
+    ed = escalation_data(serial, end_conf, TraceStore(rule.trace_store).samples(), wave_size=wave_size, draws=draws,
+                         seed=seed)
+    esc = fit_escalation(ed, token_budget=token_budget_multiple * greedy_tokens, seed=seed)
+    evidence = dict(esc.meta) if esc is not None else {"kept": False, "reason": "no escalation fits the budget"}
+    evidence["greedy_tokens"] = greedy_tokens
+    evidence["token_budget_multiple"] = token_budget_multiple
+    if esc is not None:
+        evidence.update({"below": esc.below, "samples": esc.samples})
+    return (esc if esc is not None and esc.meta.get("kept") else None), evidence
