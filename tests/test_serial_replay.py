@@ -408,3 +408,48 @@ def test_deepconf_replay_stops_at_the_checkpoint_after_the_live_rule(embedded_se
         if q["stop"] != "stopped":
             assert q["thinking_tokens"] == r.thinking_tokens and q["correct"] == task.is_correct(p, r.text)
     assert fired > 0
+
+
+@pytest.mark.slow
+def test_calibration_doubling_is_the_live_serial_routes_doubling(embedded_setup):
+    """Budget doubling measured on a bundle's calibration problems (the recorded thinking continued after "Wait")
+    gives, problem by problem, what the live serial route gives when it doubles."""
+    from thinkctl.controller import AdaptiveController, ControllerConfig
+    from thinkctl.controller.doubling import Doubling, doubling_data
+    from thinkctl.eval.serial_replay import split_outcomes
+    from thinkctl.generation import reasoning_format
+
+    import shutil
+
+    model, tok, task, problems, root = embedded_setup
+    bundle = root / "bundle_doubling"  # a copy beside the store: the shared fixture's bundle stays as it is
+    if not bundle.exists():
+        shutil.copytree(root / "bundle", bundle)
+    layout = BundleLayout(bundle)
+    manifest = layout.read_manifest()
+    manifest["split"] = {"train": [], "calib": [p.id for p in problems], "test": []}
+    # a threshold no score reaches: every thinking that fits the cap ends by itself, and can double
+    manifest["calibration"]["stop_threshold"] = 1.0
+    layout.write_manifest(manifest)
+    risk = layout.read_document("calibration/risk_control.json", "risk_control")
+    layout.write_document("calibration/risk_control.json", "risk_control", {**risk, "threshold": 1.0})
+    marker = len(reasoning_format(tok).force_answer_ids)
+    # the store's cap: the replayed rows are the live ones (doubling stays within the same thinking cap)
+    cfg = ControllerConfig(token_cap=CAP + marker + 16 + 1, max_answer_tokens=16, easy_cap=CAP + marker + 17)
+    controller = AdaptiveController.load(bundle, model, tok, cfg, task=task)
+    data = doubling_data(bundle, controller)
+    _, outcomes = split_outcomes(bundle)
+    assert data.problem_ids == [o.trace.problem_id for o in outcomes]
+    assert 0 < data.eligible.sum() < len(problems)  # some end by themselves, the cap cuts the others
+    controller.doubling = Doubling(1.0 + 1e-9)  # double every answer whose model ended its thinking itself
+    live = {p.id: r for p, r in zip(problems, controller.run_serial([p.prompt for p in problems]))}
+    by_id = {p.id: p for p in problems}
+    for j, pid in enumerate(data.problem_ids):
+        r = live[pid]
+        doubled = [e for e in r.trace if e["event"] == "double"]
+        assert bool(doubled) == bool(data.eligible[j]), pid
+        assert task.is_correct(by_id[pid], r.text) == bool(data.doubled_correct[j]), pid
+        if doubled:
+            assert "Wait" in r.text
+            assert doubled[0]["confidence"] == pytest.approx(data.confidence[j], abs=0.02)
+            assert r.tokens == outcomes[j].row["tokens"] + data.extra_tokens[j]

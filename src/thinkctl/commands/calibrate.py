@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--route-budget", type=float, default=3.0,
                    help="routing table: mean tokens per query at most this many times one greedy answer's")
     p.add_argument("--no-routing", action="store_true", help="do not fit the routing table (routing.json)")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="the model the bundle was trained on ('embedded', 'smollm2', a folder or .gguf), loaded to "
+                        "fit the serial route's budget doubling on the calib problems (default: the embedded model "
+                        "for a bundle trained on it; for another bundle without --model, doubling is not fitted)")
 
 
 def _check_points(text: str) -> tuple[int, ...]:
@@ -82,12 +86,23 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_routing and BundleLayout(args.bundle).path(DIFFICULTY_PROBE).is_dir():
         from thinkctl.controller.routing import fit_bundle_routing, routing_summary
 
-        table = fit_bundle_routing(args.bundle, token_budget_multiple=args.route_budget)
+        spec = args.model
+        if spec is None and BundleLayout(args.bundle).read_manifest()["model"].get("name") == "thinkctl-embedded":
+            spec = "embedded"
+        model = tokenizer = None
+        if spec is not None:
+            from thinkctl.models import load_model
+
+            model, tokenizer = load_model(spec)
+        table = fit_bundle_routing(args.bundle, token_budget_multiple=args.route_budget, model=model,
+                                   tokenizer=tokenizer)
         print("routing table (fitted on the calib split): " + ", ".join(
             f"P(solve) in [{a:.2f}, {b:.2f}) -> {r}" for (a, b), r in
             ((x["p_solve"], x["route"]) for x in routing_summary(table)))
               + f"; expected accuracy {table.meta['expected_accuracy']:.3f} at {table.meta['expected_tokens']:.0f} "
                 f"tokens (budget {table.meta['token_budget']:.0f})")
+        for name in ("doubling", "escalation"):
+            print(f"  {name}: " + _decision(table.meta.get(name) or {}))
         for b, (n, bounds) in enumerate(zip(table.meta["bin_sizes"], table.meta["gain_lower_bounds"])):
             best = max(bounds.items(), key=lambda kv: kv[1], default=None)
             if best is not None:
@@ -102,3 +117,13 @@ def _spacing(points: list[int]) -> str:
     if len(gaps) == 1 and points[0] == next(iter(gaps)):
         return str(points[0])
     return "/".join(map(str, points[:4])) + ("/..." if len(points) > 4 else "")
+
+
+def _decision(ev: dict[str, object]) -> str:
+    """One line on a fitted doubling or escalation: kept or not, on how many problems, with its gain bound."""
+    if "gain" not in ev:
+        return f"not used ({ev.get('reason', 'not fitted')})"
+    verdict = "used" if ev.get("kept") else "not used"
+    return (f"{verdict} below confidence {ev['below']:.3f} ({ev['n_problems']} calib problems; accuracy gain "
+            f"{ev['gain']:+.3f}, lower 95 % bound {ev['gain_lower_bound']:+.3f}; smallest gain these problems could "
+            f"detect: {ev['detectable_gain']:.3f})")

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     cal = calibrate_bundle(bundle, cal_cfg)
     ctl_cfg = ControllerConfig(seed=args.seed, temperature=args.temperature, token_cap=args.token_cap,
                                easy_cap=min(ControllerConfig().easy_cap, args.token_cap))
-    table = fit_bundle_routing(bundle, config=ctl_cfg, tokenizer=tokenizer)
+    table = fit_bundle_routing(bundle, config=ctl_cfg, tokenizer=tokenizer, model=model)
     stage("calibration report")
     entries = bundle_report_entries(bundle)
     calibration_report(entries, out / "report", title=f"thinkctl demo: {args.task} on {model_id(model)}")

@@ -24,6 +24,7 @@ import torch
 
 from thinkctl.controller.bundle import Bundle
 from thinkctl.controller.config import ControllerConfig
+from thinkctl.controller.doubling import Doubling
 from thinkctl.controller.engine import Clock, Prefill
 from thinkctl.controller.parallel import DeepConfOnline, ParallelRoute, Scorer, StopRuleLike
 from thinkctl.controller.predictors import HiddenStatePredictor, Outlook, model_hidden_size, model_num_layers
@@ -90,6 +91,10 @@ class AdaptiveController(ParallelRoute):
     process : HiddenStatePredictor, optional
         The calibrated outlook probe read per step by the ``process-probe`` step scorer (a bundle's
         :attr:`~thinkctl.controller.bundle.Bundle.process`).
+    doubling : Doubling, optional
+        Budget doubling of the serial route (:mod:`thinkctl.controller.doubling`): a serial answer whose model ended
+        its thinking itself with calibrated confidence below ``doubling.below`` thinks again after "Wait"; a bundle's
+        routing table carries the one its calibration problems supported, if any.
     prune_rule : PruneRule, optional
         The certified threshold at which ``prune@N`` abandons a sample (:mod:`thinkctl.process.pruning`;
         ``thinkctl calibrate-pruning`` writes it), for the step scorer it was certified with.
@@ -106,7 +111,8 @@ class AdaptiveController(ParallelRoute):
                  task: Any = None, stop_rule: StopRuleLike | None = None,
                  routing: RoutingTable | None = None, scorer: Scorer | None = None,
                  outlook: Outlook | None = None, step_scorer: Any = None,
-                 process: HiddenStatePredictor | None = None, prune_rule: Any = None) -> None:
+                 process: HiddenStatePredictor | None = None, prune_rule: Any = None,
+                 doubling: Doubling | None = None) -> None:
         if not isinstance(config, ControllerConfig):
             raise ValueError(f"config must be a ControllerConfig, got {type(config).__name__}")
         if routing is not None and not isinstance(routing, RoutingTable):
@@ -123,6 +129,9 @@ class AdaptiveController(ParallelRoute):
         self.step_scorer = step_scorer
         self.process = process
         self.prune_rule = prune_rule
+        if doubling is not None and not isinstance(doubling, Doubling):
+            raise ValueError(f"doubling must be a Doubling, got {type(doubling).__name__}")
+        self.doubling = doubling
         self.stop_rule = stop_rule if stop_rule is not None else MajorityStabilityStopping()
         self.fmt: ReasoningFormat = reasoning_format(tokenizer)
         self.think_start, self.think_end = think_markers(tokenizer)
@@ -163,6 +172,7 @@ class AdaptiveController(ParallelRoute):
         kwargs.setdefault("process", bundle.process)
         if bundle.routing is not None:
             kwargs.setdefault("routing", bundle.routing)
+            kwargs.setdefault("doubling", bundle.routing.doubling)
         return cls(model, tokenizer, confidence=bundle.confidence, difficulty=bundle.difficulty,
                    config=config if config is not None else ControllerConfig(), **kwargs)
 
@@ -195,7 +205,8 @@ class AdaptiveController(ParallelRoute):
             rows = list(range(len(pre.prompts)))
             traces: list[list[dict[str, Any]]] = [[] for _ in rows]
             return self._serial(pre, rows, clock, budgets=budgets, use_confidence=use_confidence,
-                                cap=cap or self.config.token_cap, name=name, traces=traces, extra_rules=stop_rules)
+                                cap=cap or self.config.token_cap, name=name, traces=traces, extra_rules=stop_rules,
+                                double=use_confidence and budgets is None and stop_rules is None)
 
         return self._chunked(prompts, run, read=False)
 
@@ -280,7 +291,7 @@ class AdaptiveController(ParallelRoute):
             if rows:
                 cap = self.config.easy_cap if kind == "easy" else self.config.token_cap
                 res = self._serial(pre, rows, clock, budgets=None, use_confidence=True, cap=cap, name=kind,
-                                   traces=[traces[i] for i in rows])
+                                   traces=[traces[i] for i in rows], double=kind == "serial")
                 for i, x in zip(rows, res):
                     results[i] = x
         self._escalate(pre, clock, chunk, results, [i for i, r in enumerate(routes) if r.kind == "serial"])

@@ -142,10 +142,15 @@ class GenerationEngine:
     def _prefill(self, prompts: list[str], *, read: bool) -> Prefill:
         """One forward pass over the left-padded prompts; the cache is cropped to all but the last position so that
         generation (which feeds at least one token) continues from it."""
-        prefixes = [chat_prefix(self.tokenizer, p) for p in prompts]
+        return self._prefill_ids(prompts, [chat_prefix(self.tokenizer, p) for p in prompts], read=read)
+
+    def _prefill_ids(self, prompts: list[str], prefixes: list[list[int]], *, read: bool,
+                     cap: int | None = None) -> Prefill:
+        """:meth:`_prefill` of token prefixes (a chat prefix, or one that already holds some thinking), to be
+        continued by at most ``cap`` tokens (default: the token cap)."""
         longest = max(range(len(prefixes)), key=lambda i: len(prefixes[i]))
         # every prompt must leave room for the token cap, checked before the prefill allocates anything
-        check_context(self.model, len(prefixes[longest]), self.config.token_cap, cap_name="token_cap",
+        check_context(self.model, len(prefixes[longest]), cap or self.config.token_cap, cap_name="token_cap",
                       what=f"prompt {longest} of this batch ({prompts[longest][:40]!r}...)")
         width = len(prefixes[longest])
         ids = torch.full((len(prefixes), width), self.fmt.pad_id, dtype=torch.long)

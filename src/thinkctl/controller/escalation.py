@@ -215,7 +215,10 @@ def fit_escalation(data: EscalationData, *, token_budget: float, confidence: flo
     rng = np.random.default_rng(seed)
     boot = pick.gain[rng.integers(0, n, size=(n_boot, n))].mean(1)
     lower = float(np.quantile(boot, 1 - confidence))
-    sd = float(pick.gain.std(ddof=1)) if n > 1 else math.inf
+    # the noise scale of the gain: that of escalating every query to the chosen vote (the chosen threshold may
+    # escalate too few to show any)
+    widest = max((c for c in cands if c.samples == pick.samples), key=lambda c: c.escalated)
+    sd = float(widest.gain.std(ddof=1)) if n > 1 else math.inf
     meta = {"n_problems": n, "serial_accuracy": float(data.serial_correct.mean()),
             "serial_tokens": float(data.serial_tokens.mean()), "token_budget": float(token_budget),
             "gain_confidence": confidence, "recorded_samples_mean": float(data.recorded_samples.mean()),
@@ -245,49 +248,22 @@ def fit_bundle_escalation(bundle_dir: str | os.PathLike[str], *, token_budget_mu
 
     Returns the escalation to keep (None when none passes its gain test, or the bundle certifies no stop rule) and
     the evidence for the routing table's ``meta``."""
-    from dataclasses import replace
-
-    import torch
-
-    from thinkctl.eval.serial_replay import RuleInputs, SerialReplayConfig, load_certified_rule, load_traces, \
-        replay_rows, resolve_rules
+    from thinkctl.eval.serial_replay import split_outcomes
     from thinkctl.traces.store import TraceStore
 
-    rule = load_certified_rule(bundle_dir)
-    if rule.threshold is None or rule.trace_store is None:
-        return None, {"kept": False, "reason": "the bundle certifies no stop rule, so its serial route is not the "
-                                               "one escalation starts from"}
-    from thinkctl.bundle import BundleLayout
-
-    meta = BundleLayout(bundle_dir).read_manifest()
-    calib = set(meta["split"]["calib"])
-    data = load_traces(rule.trace_store, score=rule.stop_score, layer=rule.layer)
-
-    def conf_of(X: np.ndarray) -> np.ndarray:
-        return np.asarray(rule.confidence(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))))
-
-    confs = load_traces(rule.trace_store, score=conf_of, layer=rule.layer)
-    conf_by = {t.problem_id: t.score for t in confs.traces}
-    (full, probe), _ = resolve_rules(["probe"], RuleInputs(data, rule, SerialReplayConfig()))  # "full" comes first
-    traces = [t for t in data.traces if t.problem_id in calib]
-    if not traces:
+    try:
+        rule, outcomes = split_outcomes(bundle_dir)
+    except ValueError as exc:
+        return None, {"kept": False, "reason": str(exc)}
+    if not outcomes:
         return None, {"kept": False, "reason": "the bundle's calibration split has no greedy traces"}
-    rows = replay_rows(replace(data, traces=traces), [probe, full])
-    serial = [r for r in rows if r["strategy"] == "probe"]
-    greedy_tokens = float(np.mean([r["tokens"] for r in rows if r["strategy"] == "full"]))
-    end_conf: dict[str, float] = {}
-    for t in traces:
-        out = probe.run(t)
-        i = out.stop if out.stop is not None else t.n_checkpoints - 1
-        score = conf_by.get(t.problem_id)
-        if score is not None:
-            end_conf[t.problem_id] = float(score[i])
-    ed = escalation_data(serial, end_conf, TraceStore(rule.trace_store).samples(), wave_size=wave_size, draws=draws,
-                         seed=seed)
-    esc = fit_escalation(ed, token_budget=token_budget_multiple * greedy_tokens, seed=seed)
+    greedy_tokens = float(np.mean([o.trace.n_prompt + o.trace.n_generated for o in outcomes]))
+    assert rule.trace_store is not None
+    data = escalation_data([o.row for o in outcomes], {o.trace.problem_id: o.end_confidence for o in outcomes},
+                           TraceStore(rule.trace_store).samples(), wave_size=wave_size, draws=draws, seed=seed)
+    esc = fit_escalation(data, token_budget=token_budget_multiple * greedy_tokens, seed=seed)
     evidence = dict(esc.meta) if esc is not None else {"kept": False, "reason": "no escalation fits the budget"}
-    evidence["greedy_tokens"] = greedy_tokens
-    evidence["token_budget_multiple"] = token_budget_multiple
+    evidence.update({"greedy_tokens": greedy_tokens, "token_budget_multiple": token_budget_multiple})
     if esc is not None:
         evidence.update({"below": esc.below, "samples": esc.samples})
     return (esc if esc is not None and esc.meta.get("kept") else None), evidence

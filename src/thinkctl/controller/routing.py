@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from thinkctl.controller.doubling import Doubling
 from thinkctl.controller.escalation import Escalation
 from thinkctl.persistence import check_finite, read_json, write_text_atomic
 from thinkctl.bundle import (CALIBRATION_DIR, DIFFICULTY_CALIBRATOR, DIFFICULTY_PROBE, RISK_CONTROL, ROUTING,
@@ -64,7 +65,8 @@ class RoutingTable:
     ``edges`` has one entry fewer than ``routes``: a query with P(solve) < edges[0] takes routes[0], and so on;
     P(solve) >= edges[-1] takes routes[-1]. ``estimates`` keeps the fitted per-bin accuracy and tokens of every
     candidate route (for reports), ``meta`` how the table was fitted. ``escalation`` (optional) sends a serial answer
-    whose confidence is low on to a vote (:mod:`thinkctl.controller.escalation`).
+    whose confidence is low on to a vote (:mod:`thinkctl.controller.escalation`), ``doubling`` (optional) the serial
+    route's budget doubling (:mod:`thinkctl.controller.doubling`).
     """
 
     edges: list[float]
@@ -72,6 +74,7 @@ class RoutingTable:
     estimates: list[dict[str, dict[str, float]]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     escalation: Escalation | None = None
+    doubling: Doubling | None = None
 
     def __post_init__(self) -> None:
         if len(self.routes) != len(self.edges) + 1:
@@ -87,7 +90,8 @@ class RoutingTable:
     def save(self, path: str | os.PathLike[str]) -> None:
         doc = {"kind": "thinkctl-routing-table", "edges": self.edges, "routes": [r.name for r in self.routes],
                "estimates": self.estimates, "meta": self.meta,
-               "escalation": self.escalation.to_dict() if self.escalation is not None else None}
+               "escalation": self.escalation.to_dict() if self.escalation is not None else None,
+               "doubling": self.doubling.to_dict() if self.doubling is not None else None}
         write_text_atomic(path, json.dumps(doc, indent=2))
 
     @classmethod
@@ -97,10 +101,11 @@ class RoutingTable:
         if not isinstance(doc, dict) or doc.get("kind") != "thinkctl-routing-table":
             raise ValueError(f"{path} is not a thinkctl routing table (kind={doc.get('kind')!r})")
         check_finite(doc.get("edges"), str(path), hint)
-        esc = doc.get("escalation")
+        esc, dbl = doc.get("escalation"), doc.get("doubling")
         return cls([float(e) for e in doc["edges"]], [Route.parse(r) for r in doc["routes"]],
                    doc.get("estimates", []), doc.get("meta", {}),
-                   Escalation.from_dict(esc, str(path)) if esc is not None else None)
+                   Escalation.from_dict(esc, str(path)) if esc is not None else None,
+                   Doubling.from_dict(dbl, str(path)) if dbl is not None else None)
 
 
 @dataclass
@@ -266,7 +271,7 @@ def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
 
 
 def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None, token_budget_multiple: float = 3.0,
-                       n_bins: int = 5, seed: int = 0, tokenizer: Any = None) -> RoutingTable:
+                       n_bins: int = 5, seed: int = 0, tokenizer: Any = None, model: Any = None) -> RoutingTable:
     """Calibrate a bundle's difficulty probe and fit its routing table on the bundle's calibration problems.
 
     The difficulty probe's logits on the prompt states are Platt-scaled against whether each sample solved its
@@ -276,6 +281,13 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     (cap minus the forced answer marker, ``max_answer_tokens`` and EOS); without it the marker is taken as 7 tokens
     (the embedded model's). The easy route (a blunt thinking cap) is a candidate only when the bundle certifies no
     stop rule: the certified serial route already stops early, with a bound on what that loses.
+
+    When every bin takes the serial route, two decisions that follow it are fitted on the same calibration problems,
+    each kept only when the lower confidence bound of its accuracy gain is above zero: with the ``model`` (and its
+    ``tokenizer``), the serial route's budget doubling (:func:`~thinkctl.controller.doubling.fit_bundle_doubling`,
+    which continues the calibration problems' thinking after "Wait"); then the escalation of doubtful serial answers
+    to a vote (:func:`~thinkctl.controller.escalation.fit_bundle_escalation`, from the recorded samples). Their
+    evidence is in ``meta["doubling"]`` and ``meta["escalation"]``.
     Writes ``routing.json`` into the bundle and returns the table.
     """
     from thinkctl.calibration.bundle import RISK_CONTROL_KIND
@@ -327,8 +339,22 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     table.meta.update({"token_budget_multiple": token_budget_multiple, "difficulty_layer": layer,
                        "fitted_on": "calib split", "trace_temperature": store.config["collect"].get("temperature")})
     if certified and all(r.kind == "serial" for r in table.routes):
-        # every query starts serial: escalate the answers it doubts when the calibration problems show a gain
+        # every query starts serial: double its thinking where that helps, escalate the answers it doubts to a vote
+        # where that helps, each as the calibration problems show it
+        from thinkctl.controller.doubling import fit_bundle_doubling
         from thinkctl.controller.escalation import fit_bundle_escalation
+
+        if model is not None and tokenizer is not None:
+            from thinkctl import tasks
+            from thinkctl.controller.core import AdaptiveController
+
+            controller = AdaptiveController.load(bundle_dir, model, tokenizer, cfg,
+                                                 task=tasks.get(str(store.config["collect"]["task"])),
+                                                 doubling=None)
+            table.doubling, table.meta["doubling"] = fit_bundle_doubling(bundle_dir, controller)
+        else:
+            table.meta["doubling"] = {"kept": False, "reason": "not fitted: it needs the model (calibrate with the "
+                                                               "model the bundle was trained on)"}
 
         table.escalation, table.meta["escalation"] = fit_bundle_escalation(
             bundle_dir, token_budget_multiple=token_budget_multiple, wave_size=cfg.wave_size, seed=seed)

@@ -86,7 +86,7 @@ from thinkctl.stats import wilson_interval
 
 __all__ = ["SerialReplayConfig", "GreedyTrace", "TraceSet", "CertifiedStopRule", "Outcome", "SerialRule", "RuleInputs",
            "SERIAL_RULES", "DEFAULT_RULES", "PROBE_COSTS", "load_traces", "load_certified_rule", "check_same_model",
-           "resolve_rules", "replay_rows", "replay_serial"]
+           "resolve_rules", "replay_rows", "replay_serial", "RouteOutcome", "split_outcomes"]
 
 logger = logging.getLogger(__name__)
 
@@ -774,6 +774,57 @@ def replay_rows(data: TraceSet, rules: Sequence[SerialRule]) -> list[dict[str, A
     """One row per (greedy trace, rule), in the layout of :func:`thinkctl.eval.evaluate.evaluate`'s rows, plus
     ``probe_tokens``, ``probes`` and ``reference_correct`` (whether ``full`` is right on that problem)."""
     return [_row(t, r.name, r.run(t)) for r in rules for t in data.traces]
+
+
+@dataclass(frozen=True)
+class RouteOutcome:
+    """What the certified serial route does on one recorded problem: its greedy ``trace``, the replayed ``row``
+    (answer, correctness, tokens as :func:`replay_rows` gives them), the calibrated confidence at the state it
+    answers from (``end_confidence``: the checkpoint where the rule stopped, else the end of thinking), and whether
+    the model ended its thinking itself (``own_end``: not stopped by the rule, not cut by a cap)."""
+
+    trace: GreedyTrace
+    row: dict[str, Any]
+    end_confidence: float
+    own_end: bool
+
+
+def split_outcomes(bundle_dir: str | os.PathLike[str], split: str = "calib"
+                   ) -> tuple[CertifiedStopRule, list[RouteOutcome]]:
+    """The bundle's certified serial route replayed on the greedy traces of one of its splits (the problems of
+    ``bundle.json``'s ``split[split]``), read from the bundle's own trace store: what the routing decisions that
+    follow the serial route (escalation, budget doubling) are fitted on.
+
+    Raises
+    ------
+    ValueError
+        If the bundle certifies no stop rule or no longer finds its trace store."""
+    import torch
+
+    from thinkctl.bundle import BundleLayout
+
+    rule = load_certified_rule(bundle_dir)
+    if rule.threshold is None or rule.trace_store is None:
+        raise ValueError(f"bundle {bundle_dir} certifies no stop rule or has lost its trace store; its serial route "
+                         "cannot be replayed (run `thinkctl calibrate` on a bundle whose traces are in place)")
+    wanted = set(BundleLayout(bundle_dir).read_manifest()["split"][split])
+    data = load_traces(rule.trace_store, score=rule.stop_score, layer=rule.layer)
+
+    def confidence(X: np.ndarray) -> np.ndarray:
+        return np.asarray(rule.confidence(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))))
+
+    conf = {t.problem_id: t.score for t in load_traces(rule.trace_store, score=confidence, layer=rule.layer).traces}
+    (_, probe), _ = resolve_rules(["probe"], RuleInputs(data, rule, SerialReplayConfig()))  # "full" comes first
+    out = []
+    for t in data.traces:
+        if t.problem_id not in wanted:
+            continue
+        stop = probe.run(t)
+        score = conf[t.problem_id]
+        assert score is not None
+        end = float(score[stop.stop] if stop.stop is not None else score[-1])
+        out.append(RouteOutcome(t, _row(t, "serial", stop), end, stop.stop is None and not t.truncated))
+    return rule, out
 
 
 def _summary(rows: list[dict[str, Any]], rules: Sequence[SerialRule], cfg: SerialReplayConfig,

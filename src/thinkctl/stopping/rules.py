@@ -34,6 +34,7 @@ __all__ = [
     "AnswerConsistencyStopping",
     "TokenConfidenceStopping",
     "DeadlineStopping",
+    "RowBudgetStopping",
     "delimiter_token_ids",
 ]
 
@@ -480,3 +481,27 @@ class DeadlineStopping(StopRule):
     def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
                 n_tokens: Sequence[int]) -> list[bool]:
         return [self.elapsed >= self.seconds] * input_ids.shape[0]
+
+
+class RowBudgetStopping(StopRule):
+    """Stop each row once it has thought its own budget: ``budgets[r]`` thinking tokens for row ``r`` (a per-row
+    maximum inside one batch, where :class:`~thinkctl.stopping.BudgetForcing`'s ``max_tokens`` is one for all).
+
+    Parameters
+    ----------
+    budgets : sequence of int
+        Thinking tokens per row of the batch it will see, each >= 1.
+    """
+
+    def __init__(self, budgets: Sequence[int]) -> None:
+        super().__init__(tokenizer=None)
+        if not budgets or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in budgets):
+            raise ValueError(f"budgets={list(budgets)!r} must be a non-empty list of integers >= 1, one per row")
+        self.budgets = [int(b) for b in budgets]
+
+    def _decide(self, input_ids: torch.Tensor, scores: torch.Tensor | None, thinking: Sequence[bool],
+                n_tokens: Sequence[int]) -> list[bool]:
+        if input_ids.shape[0] != len(self.budgets):
+            raise ValueError(f"RowBudgetStopping has {len(self.budgets)} budgets for a batch of {input_ids.shape[0]} "
+                             "rows; give one budget per row")
+        return [n >= b for n, b in zip(n_tokens, self.budgets)]

@@ -1,0 +1,171 @@
+"""Budget doubling: when the model ends its thinking itself but its calibrated confidence there is low, write "Wait"
+in place of the end of thinking and let it think again, up to as many tokens as it has spent (s1's budget forcing,
+Muennighoff et al. 2025, arXiv:2501.19393, applied per query where the answer is in doubt).
+
+"Wait" is not free and not always good: on the embedded model's gym it fixes some arith answers and breaks modeq
+ones (a search that re-checks talks itself out of a right answer). So whether the serial route doubles at all, and
+below which confidence, is decided per bundle from its calibration problems (:func:`fit_bundle_doubling`): each
+problem whose greedy thinking ended by itself is continued after "Wait" exactly as the live route would continue it,
+and doubling is kept only when the one-sided lower confidence bound of its accuracy gain over not doubling is above
+zero.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Doubling", "DoublingData", "doubling_data", "fit_doubling", "fit_bundle_doubling", "WAIT_TEXT"]
+
+#: The continuation written in place of the end of thinking (s1's "Wait").
+WAIT_TEXT = "Wait"
+#: Candidate thresholds: these quantiles of the end-of-thinking confidence of the problems that could double.
+DOUBLING_QUANTILES = tuple(round(q, 2) for q in np.arange(0.1, 1.0001, 0.1))
+
+
+@dataclass(frozen=True)
+class Doubling:
+    """Double the thinking of a serial answer whose model ended its thinking itself with calibrated confidence below
+    ``below``. ``meta`` records the evidence it was fitted on."""
+
+    below: float
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.below, (int, float)) and 0.0 <= float(self.below) <= 1.0 + 1e-9):
+            raise ValueError(f"doubling threshold below={self.below!r} must be a probability in [0, 1]")
+
+    def doubles(self, confidence: float) -> bool:
+        return not (confidence >= self.below)  # a NaN confidence (never read) doubles
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"below": float(self.below), "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str) -> "Doubling":
+        below = doc.get("below") if isinstance(doc, dict) else None
+        if not isinstance(below, (int, float)) or not math.isfinite(float(below)):
+            raise ValueError(f"{where}: 'doubling' must be an object with a finite 'below'; fit it again with "
+                             "`thinkctl calibrate`")
+        return cls(float(below), dict(doc.get("meta") or {}))
+
+
+def fit_doubling(confidence: np.ndarray, eligible: np.ndarray, serial_correct: np.ndarray,
+                 doubled_correct: np.ndarray, extra_tokens: np.ndarray, *, confidence_level: float = 0.95,
+                 n_boot: int = 2000, seed: int = 0) -> Doubling:
+    """The threshold with the best estimated accuracy (the cheapest within a quarter point of the best), over
+    quantiles of the eligible problems' confidence; ``meta["kept"]`` says whether the one-sided lower bound of its
+    gain is above zero. Arrays have one entry per calibration problem; a problem that is not ``eligible`` (its
+    thinking did not end by itself) never doubles."""
+    from thinkctl.controller.escalation import ACCURACY_TOLERANCE, detectable_gain
+
+    n = len(confidence)
+    pool = confidence[eligible]
+    if pool.size == 0:
+        return Doubling(0.0, {"kept": False, "n_problems": n, "eligible": 0,
+                              "reason": "no calibration problem ended its thinking by itself"})
+    thresholds = sorted({float(np.quantile(pool, q)) for q in DOUBLING_QUANTILES if q < 1}
+                        | {math.nextafter(float(pool.max()), math.inf)})
+    cands = []
+    for t in thresholds:
+        on = eligible & (confidence < t)
+        gain = np.where(on, doubled_correct - serial_correct, 0.0)
+        cands.append((t, gain, float(serial_correct.mean() + gain.mean()), float(np.where(on, extra_tokens, 0).mean()),
+                      float(on.mean())))
+    curve = [{"below": c[0], "doubled_share": c[4], "fixed": int((c[1] > 0).sum()), "broken": int((c[1] < 0).sum()),
+              "gain": float(c[1].mean()), "extra_tokens_mean": c[3]} for c in cands]
+    best = max(c[2] for c in cands)
+    t, gain, acc, extra, share = min((c for c in cands if c[2] >= best - ACCURACY_TOLERANCE), key=lambda c: c[3])
+    rng = np.random.default_rng(seed)
+    boot = gain[rng.integers(0, n, size=(n_boot, n))].mean(1)
+    lower = float(np.quantile(boot, 1 - confidence_level))
+    on = eligible & (confidence < t)
+    meta = {"n_problems": n, "eligible": int(eligible.sum()), "doubled_share": share,
+            "fixed": int((on & (doubled_correct > serial_correct)).sum()),
+            "broken": int((on & (doubled_correct < serial_correct)).sum()),
+            "serial_accuracy": float(serial_correct.mean()), "expected_accuracy": acc,
+            "extra_tokens_mean": extra, "gain": float(gain.mean()), "gain_lower_bound": lower,
+            "gain_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+            "gain_confidence": confidence_level,
+            # the noise scale of the gain is that of doubling every eligible problem (the chosen threshold may
+            # double too few to show any)
+            "detectable_gain": detectable_gain(float(cands[-1][1].std(ddof=1)) if n > 1 else math.inf, n,
+                                               confidence_level),
+            "kept": lower > 0, "curve": curve,
+            "note": "threshold chosen on the same problems that test the gain, so the bound is optimistic"}
+    return Doubling(float(t), meta)
+
+
+@dataclass
+class DoublingData:
+    """Per calibration problem: the end-of-thinking confidence of the serial route, whether its model ended its
+    thinking itself (``eligible``: only then can it double), its correctness without and with doubling, and the
+    tokens doubling adds."""
+
+    problem_ids: list[str]
+    confidence: np.ndarray
+    eligible: np.ndarray
+    serial_correct: np.ndarray
+    doubled_correct: np.ndarray
+    extra_tokens: np.ndarray
+
+
+def doubling_data(bundle_dir: str | os.PathLike[str], controller: Any, *, split: str = "calib",
+                  batch: int = 32) -> DoublingData:
+    """Double every problem of a bundle's ``split`` whose greedy thinking (recorded in the bundle's traces) ended by
+    itself before the certified stop rule would stop it, with the live ``controller``
+    (:meth:`~thinkctl.controller.serial.SerialRoute.continue_after_wait`: the very continuation the serial route
+    runs), and record what it changes.
+
+    Raises
+    ------
+    ValueError
+        If the bundle certifies no stop rule or has lost its trace store."""
+    from thinkctl import tasks
+    from thinkctl.eval.serial_replay import split_outcomes
+    from thinkctl.tasks.base import Problem
+    from thinkctl.traces.store import TraceStore
+
+    rule, outcomes = split_outcomes(bundle_dir, split)
+    assert rule.trace_store is not None
+    store = TraceStore(rule.trace_store)
+    task = tasks.get(str(store.config["collect"]["task"]))
+    greedy = {str(r["problem_id"]): r for r in store.samples() if r.get("greedy")}
+    ok = np.array([float(bool(o.row["correct"])) for o in outcomes])
+    doubled, extra = ok.copy(), np.zeros(len(outcomes))
+    todo = [j for j, o in enumerate(outcomes) if o.own_end]
+    for start in range(0, len(todo), batch):
+        part = todo[start:start + batch]
+        recs = [greedy[outcomes[j].trace.problem_id] for j in part]
+        results = controller.continue_after_wait([r["prompt"] for r in recs],
+                                                 [list(r["generated_ids"][:r["n_thinking"]]) for r in recs])
+        for j, r, res in zip(part, recs, results):
+            if res is None:  # no room to double under the cap: it keeps its answer
+                continue
+            problem = Problem(id=str(r["problem_id"]), prompt=str(r["prompt"]), answer=str(r["gold"]),
+                              level=r.get("level"), features=dict(r.get("features") or {}))
+            doubled[j] = float(task.is_correct(problem, res.text))
+            extra[j] = res.generated  # the replaced ending was generated all the same: it stays counted
+    return DoublingData([o.trace.problem_id for o in outcomes], np.array([o.end_confidence for o in outcomes]),
+                        np.array([o.own_end for o in outcomes], dtype=bool), ok, doubled, extra)
+
+
+def fit_bundle_doubling(bundle_dir: str | os.PathLike[str], controller: Any) -> tuple[Doubling | None, dict[str, Any]]:
+    """Fit a bundle's budget doubling on its calibration problems (:func:`doubling_data`, then
+    :func:`fit_doubling`) with a live ``controller`` (the bundle's, on its model).
+
+    Returns the doubling to keep (None when its gain test fails or no stop rule is certified) and the evidence."""
+    try:
+        data = doubling_data(bundle_dir, controller)
+    except ValueError as exc:
+        return None, {"kept": False, "reason": str(exc)}
+    if not data.problem_ids:
+        return None, {"kept": False, "reason": "the bundle's calibration split has no greedy traces"}
+    fit = fit_doubling(data.confidence, data.eligible, data.serial_correct, data.doubled_correct, data.extra_tokens)
+    evidence = dict(fit.meta)
+    evidence["below"] = fit.below
+    return (fit if fit.meta.get("kept") else None), evidence
