@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.bundle import DIFFICULTY_PROBE, BundleLayout
 
     if not args.no_routing and BundleLayout(args.bundle).path(DIFFICULTY_PROBE).is_dir():
-        from thinkctl.controller.routing import fit_bundle_routing, routing_summary
+        from thinkctl.controller.routing import decision_line, fit_bundle_routing, routing_summary
 
         spec = args.model
         if spec is None and BundleLayout(args.bundle).read_manifest()["model"].get("name") == "thinkctl-embedded":
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
               + f"; expected accuracy {table.meta['expected_accuracy']:.3f} at {table.meta['expected_tokens']:.0f} "
                 f"tokens (budget {table.meta['token_budget']:.0f})")
         for name in ("doubling", "escalation"):
-            print(f"  {name}: " + _decision(table.meta.get(name) or {}))
+            print("  " + decision_line("budget doubling" if name == "doubling" else "escalation",
+                                       table.meta.get(name) or {}))
         for b, (n, bounds) in enumerate(zip(table.meta["bin_sizes"], table.meta["gain_lower_bounds"])):
             best = max(bounds.items(), key=lambda kv: kv[1], default=None)
             if best is not None:
@@ -117,13 +118,3 @@ def _spacing(points: list[int]) -> str:
     if len(gaps) == 1 and points[0] == next(iter(gaps)):
         return str(points[0])
     return "/".join(map(str, points[:4])) + ("/..." if len(points) > 4 else "")
-
-
-def _decision(ev: dict[str, object]) -> str:
-    """One line on a fitted doubling or escalation: kept or not, on how many problems, with its gain bound."""
-    if "gain" not in ev:
-        return f"not used ({ev.get('reason', 'not fitted')})"
-    verdict = "used" if ev.get("kept") else "not used"
-    return (f"{verdict} below confidence {ev['below']:.3f} ({ev['n_problems']} calib problems; accuracy gain "
-            f"{ev['gain']:+.3f}, lower 95 % bound {ev['gain_lower_bound']:+.3f}; smallest gain these problems could "
-            f"detect: {ev['detectable_gain']:.3f})")

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.calibration.report import calibration_report
     from thinkctl.commands.evaluate import format_table
     from thinkctl.controller import AdaptiveController, ControllerConfig
-    from thinkctl.controller.routing import fit_bundle_routing, routing_summary
+    from thinkctl.controller.routing import decision_line, fit_bundle_routing, routing_summary
     from thinkctl.eval.evaluate import (evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot,
                                         summarize)
     from thinkctl.models import load_model, model_id
@@ -170,9 +170,13 @@ def run(args: argparse.Namespace) -> int:
     savings = {"serial_vs_greedy": paired_comparison(rows, "serial", full, seed=args.seed),
                "adaptive_vs_greedy": paired_comparison(rows, "adaptive", full, seed=args.seed),
                "adaptive_vs_sc16": paired_comparison(rows, "adaptive", "sc@16", seed=args.seed)}
-    voted = sorted(r["problem_id"] for r in rows if r["strategy"] == "adaptive" and r["route"] == "parallel")
+    voted = sorted(r["problem_id"] for r in rows
+                   if r["strategy"] == "adaptive" and r["route"] in ("parallel", "serial+parallel"))
     savings["votes_vs_serial_on_routed"] = paired_comparison(rows, "adaptive", "serial", seed=args.seed,
                                                              problems=voted) if voted else None
+    doubled = sorted(r["problem_id"] for r in rows if r["strategy"] == "serial" and r.get("doubled"))
+    savings["doubled_vs_serial"] = paired_comparison(rows, "serial", full, seed=args.seed,
+                                                     problems=doubled) if doubled and full in strategies else None
     write_json(out / "evaluate.json", {"strategies": summary, "matched_compute": mc, "paired": savings,
                                        "config": {"task": args.task, "seed": args.seed, "n": len(held_out),
                                                   "problems": "test split of the demo's traces",
@@ -215,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
     print("routing: " + ", ".join(f"P(solve) in [{a:.2f}, {b:.2f}) -> {r}"
                                   for (a, b), r in ((x["p_solve"], x["route"]) for x in routing_summary(table)))
           + f" (fitted on {table.meta.get('n_problems')} calib problems)")
+    for name, label in (("doubling", "budget doubling"), ("escalation", "escalation")):
+        if name in table.meta:
+            print("  " + decision_line(label, table.meta[name]))
     for line in summary_lines(savings, summary, mc, full):
         print(line)
     print(f"total {stamps['done']:.0f} s; wrote {out}/summary.json, {out}/evaluate.json, {out}/evaluate.png, "
@@ -242,10 +249,18 @@ def summary_lines(savings: dict, summary: dict, mc: dict, full: str) -> list[str
         routes = summary["adaptive"].get("routes", {})
         n = summary["adaptive"]["n"]
         v = savings.get("votes_vs_serial_on_routed")
-        voted = routes.get("parallel", 0)
+        voted = routes.get("parallel", 0) + routes.get("serial+parallel", 0)
+        doubled = summary["adaptive"].get("doubled", 0)
+        if doubled:
+            d = savings.get("doubled_vs_serial")
+            lines.append(f"budget doubling: {doubled} of {n} queries thought again after 'Wait'"
+                         + (f"; on them {d['accuracy_target']:.3f} against {d['accuracy_baseline']:.3f} without"
+                            if d else ""))
         if v:
             lo, hi = v["accuracy_diff_ci95"]
-            lines.append(f"routing: {voted} of {n} queries sent to votes; on them votes scored "
+            escalated = routes.get("serial+parallel", 0)
+            lines.append(f"routing: {voted} of {n} queries sent to votes ({escalated} of them escalated from a "
+                         f"doubtful serial answer); on them votes scored "
                          f"{v['accuracy_target']:.3f} against the serial route's {v['accuracy_baseline']:.3f} "
                          f"({v['accuracy_diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]) for "
                          f"{-100 * v['tokens_saved_fraction']:.0f} % more tokens")

@@ -30,7 +30,7 @@ from thinkctl.bundle import (CALIBRATION_DIR, DIFFICULTY_CALIBRATOR, DIFFICULTY_
                              BundleLayout, fingerprint)
 
 __all__ = ["Route", "RoutingTable", "RouteEstimates", "estimate_routes", "fit_routing_table", "fit_bundle_routing",
-           "routing_summary"]
+           "routing_summary", "decision_line"]
 
 ROUTE_KINDS = ("easy", "serial", "parallel")
 
@@ -260,6 +260,18 @@ def fit_routing_table(est: RouteEstimates, *, token_budget: float, n_bins: int =
             "bin_sizes": [int((bins == b).sum()) for b in range(n_b)], "gain_lower_bounds": lower,
             "supported": [[c.name for j, c in enumerate(est.candidates) if supported[b, j]] for b in range(n_b)]}
     return RoutingTable(edges, [est.candidates[j] for j in choice], estimates, meta)
+
+
+def decision_line(name: str, ev: dict[str, Any]) -> str:
+    """One line on a fitted decision that follows the serial route (``meta["doubling"]`` or
+    ``meta["escalation"]`` of a routing table): used or not, the evidence, and what it could have detected."""
+    if "gain" not in ev:
+        return f"{name}: not used ({ev.get('reason', 'not fitted')})"
+    verdict = "used" if ev.get("kept") else "not used"
+    what = f" to a vote of up to {ev['samples']} samples" if "samples" in ev else ""
+    return (f"{name}: {verdict}{what} below confidence {ev['below']:.3f}, on {ev['n_problems']} calib problems: "
+            f"accuracy gain {ev['gain']:+.3f}, lower 95 % bound {ev['gain_lower_bound']:+.3f} (it acts only above 0; "
+            f"these problems detect a gain of {ev['detectable_gain']:.3f} 4 times in 5)")
 
 
 def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int =
         routes: dict[str, int] = defaultdict(int)
         for r in rs:
             routes[str(r.get("route"))] += 1
+        doubled = sum(bool(r.get("doubled")) for r in rs)
         out[name] = {
             "accuracy": float(ok.mean()),
             "tokens_mean": float(tok.mean()),
@@ -69,6 +70,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, n_boot: int = 2000, seed: int =
             "thinking_tokens_ci95": None if np.isnan(think).any() else list(_bootstrap(think, n_boot, rng)),
             "accuracy_by_level": {k: float(np.mean(v)) for k, v in sorted(levels.items())},
             "routes": dict(routes),
+            "doubled": doubled,  # answers whose thinking went on after "Wait" (budget doubling)
         }
     return out
 
@@ -207,7 +209,7 @@ def _row(problem: Any, name: str, r: Any, task: Any, record_trace: bool) -> dict
            "answer": r.answer, "gold": problem.answer, "correct": correct, "tokens": int(r.tokens),
            "thinking_tokens": int(r.thinking_tokens),
            "samples": int(r.samples), "confidence": float(r.confidence), "route": r.strategy,
-           "stop": _stop_of(r.trace)}
+           "stop": _stop_of(r.trace), "doubled": any(e["event"] == "double" for e in r.trace)}
     if record_trace:
         row["trace"] = r.trace
     return row
