@@ -159,3 +159,16 @@ def test_fit_escalation_with_no_room_in_the_budget():
     assert fit_escalation(_data(100, 0.3), token_budget=101.0) is None
     with pytest.raises(ValueError, match="token_budget"):
         fit_escalation(_data(100, 0.3), token_budget=0.0)
+
+
+def test_decision_lines_say_whether_a_decision_is_used_and_on_what_evidence():
+    from thinkctl.controller.routing import decision_line
+
+    esc = fit_escalation(_data(400, 0.3), token_budget=400.0)
+    line = decision_line("escalation", {**esc.meta, "below": esc.below, "samples": esc.samples})
+    assert line.startswith("escalation: used to a vote of up to 8 samples below confidence")
+    assert "on 400 calib problems" in line and "lower 95 % bound +" in line
+    flat = fit_escalation(_data(400, -0.3), token_budget=400.0)
+    assert decision_line("escalation", {**flat.meta, "below": flat.below}).startswith("escalation: not used (")
+    assert decision_line("budget doubling", {"kept": False, "reason": "no model"}) == \
+        "budget doubling: not used (no model)"

@@ -267,11 +267,12 @@ def decision_line(name: str, ev: dict[str, Any]) -> str:
     ``meta["escalation"]`` of a routing table): used or not, the evidence, and what it could have detected."""
     if "gain" not in ev:
         return f"{name}: not used ({ev.get('reason', 'not fitted')})"
-    verdict = "used" if ev.get("kept") else "not used"
     what = f" to a vote of up to {ev['samples']} samples" if "samples" in ev else ""
-    return (f"{name}: {verdict}{what} below confidence {ev['below']:.3f}, on {ev['n_problems']} calib problems: "
-            f"accuracy gain {ev['gain']:+.3f}, lower 95 % bound {ev['gain_lower_bound']:+.3f} (it acts only above 0; "
-            f"these problems detect a gain of {ev['detectable_gain']:.3f} 4 times in 5)")
+    head = (f"used{what} below confidence {ev['below']:.3f}" if ev.get("kept") else
+            f"not used (its best candidate{what}, below confidence {ev['below']:.3f}, does not pass)")
+    return (f"{name}: {head}; on {ev['n_problems']} calib problems: accuracy gain {ev['gain']:+.3f}, lower 95 % "
+            f"bound {ev['gain_lower_bound']:+.3f} (used only above 0; these problems detect a gain of "
+            f"{ev['detectable_gain']:.3f} 4 times in 5)")
 
 
 def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
