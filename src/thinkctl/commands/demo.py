@@ -32,7 +32,7 @@ DESCRIPTION = __doc__
 
 #: Generations per problem in the demo's traces (greedy + sampled), and on mix (see ``--samples``).
 DEMO_SAMPLES = 4
-MIX_SAMPLES = 9
+MIX_SAMPLES = 5
 DEMO_STRATEGIES = "fixed@64,fixed@{cap},serial,sc@4,sc@8,sc@16,dynasor,adaptive"
 #: What a demo writes into ``--out``; ``--fresh`` deletes a folder only when all it holds is among these.
 DEMO_OUTPUTS = ("traces", "bundle", "report", "summary.json", "evaluate.json", "evaluate.png", "reliability.png",
@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None,
                    help="generations per problem in the traces (the first greedy; the others record their answer "
                         f"and estimate votes; default {DEMO_SAMPLES}, and {MIX_SAMPLES} on mix, where escalating "
-                        "doubtful answers to an 8-sample vote is a candidate whose gain is estimated from the "
-                        "recorded samples without replacement)")
+                        "doubtful answers to a vote is estimated from the recorded samples without replacement: "
+                        "N generations estimate votes of up to N - 1 samples)")
     p.add_argument("--every", type=int, default=8,
                    help="thinking tokens between checkpoints, where the stop rule reads its score (reading is free; "
                         "each recorded checkpoint costs one forced answer at collection time)")
