@@ -453,3 +453,15 @@ def test_calibration_doubling_is_the_live_serial_routes_doubling(embedded_setup)
             assert "Wait" in r.text
             assert doubled[0]["confidence"] == pytest.approx(data.confidence[j], abs=0.02)
             assert r.tokens == outcomes[j].row["tokens"] + data.extra_tokens[j]
+
+
+@pytest.mark.slow
+def test_routing_of_a_bundle_without_sampled_answers_says_why_it_does_not_escalate(embedded_setup):
+    from thinkctl.controller.escalation import fit_bundle_escalation
+
+    *_, root = embedded_setup
+    bundle = root / "bundle_doubling"
+    if not bundle.exists():
+        pytest.skip("needs the bundle of the doubling test above")
+    esc, evidence = fit_bundle_escalation(bundle, token_budget_multiple=3.0)
+    assert esc is None and evidence["kept"] is False and "--samples >= 3" in evidence["reason"]

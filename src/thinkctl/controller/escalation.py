@@ -259,8 +259,11 @@ def fit_bundle_escalation(bundle_dir: str | os.PathLike[str], *, token_budget_mu
         return None, {"kept": False, "reason": "the bundle's calibration split has no greedy traces"}
     greedy_tokens = float(np.mean([o.trace.n_prompt + o.trace.n_generated for o in outcomes]))
     assert rule.trace_store is not None
-    data = escalation_data([o.row for o in outcomes], {o.trace.problem_id: o.end_confidence for o in outcomes},
-                           TraceStore(rule.trace_store).samples(), wave_size=wave_size, draws=draws, seed=seed)
+    try:
+        data = escalation_data([o.row for o in outcomes], {o.trace.problem_id: o.end_confidence for o in outcomes},
+                               TraceStore(rule.trace_store).samples(), wave_size=wave_size, draws=draws, seed=seed)
+    except ValueError as exc:  # too few recorded samples to estimate any vote
+        return None, {"kept": False, "reason": str(exc)}
     esc = fit_escalation(data, token_budget=token_budget_multiple * greedy_tokens, seed=seed)
     evidence = dict(esc.meta) if esc is not None else {"kept": False, "reason": "no escalation fits the budget"}
     evidence.update({"greedy_tokens": greedy_tokens, "token_budget_multiple": token_budget_multiple})
