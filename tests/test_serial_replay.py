@@ -419,20 +419,8 @@ def test_calibration_doubling_is_the_live_serial_routes_doubling(embedded_setup)
     from thinkctl.eval.serial_replay import split_outcomes
     from thinkctl.generation import reasoning_format
 
-    import shutil
-
     model, tok, task, problems, root = embedded_setup
-    bundle = root / "bundle_doubling"  # a copy beside the store: the shared fixture's bundle stays as it is
-    if not bundle.exists():
-        shutil.copytree(root / "bundle", bundle)
-    layout = BundleLayout(bundle)
-    manifest = layout.read_manifest()
-    manifest["split"] = {"train": [], "calib": [p.id for p in problems], "test": []}
-    # a threshold no score reaches: every thinking that fits the cap ends by itself, and can double
-    manifest["calibration"]["stop_threshold"] = 1.0
-    layout.write_manifest(manifest)
-    risk = layout.read_document("calibration/risk_control.json", "risk_control")
-    layout.write_document("calibration/risk_control.json", "risk_control", {**risk, "threshold": 1.0})
+    bundle = _calib_bundle(root, problems)
     marker = len(reasoning_format(tok).force_answer_ids)
     # the store's cap: the replayed rows are the live ones (doubling stays within the same thinking cap)
     cfg = ControllerConfig(token_cap=CAP + marker + 16 + 1, max_answer_tokens=16, easy_cap=CAP + marker + 17)
@@ -459,9 +447,25 @@ def test_calibration_doubling_is_the_live_serial_routes_doubling(embedded_setup)
 def test_routing_of_a_bundle_without_sampled_answers_says_why_it_does_not_escalate(embedded_setup):
     from thinkctl.controller.escalation import fit_bundle_escalation
 
-    *_, root = embedded_setup
-    bundle = root / "bundle_doubling"
-    if not bundle.exists():
-        pytest.skip("needs the bundle of the doubling test above")
-    esc, evidence = fit_bundle_escalation(bundle, token_budget_multiple=3.0)
+    _, _, _, problems, root = embedded_setup
+    esc, evidence = fit_bundle_escalation(_calib_bundle(root, problems), token_budget_multiple=3.0)
     assert esc is None and evidence["kept"] is False and "--samples >= 3" in evidence["reason"]
+
+
+def _calib_bundle(root, problems):
+    """A copy of the fixture's bundle beside its store (the shared bundle stays as it is) whose calib split is every
+    problem, with a threshold no score reaches: every thinking that fits the cap ends by itself, and can double."""
+    import shutil
+
+    bundle = root / "bundle_calib"
+    if bundle.exists():
+        return bundle
+    shutil.copytree(root / "bundle", bundle)
+    layout = BundleLayout(bundle)
+    manifest = layout.read_manifest()
+    manifest["split"] = {"train": [], "calib": [p.id for p in problems], "test": []}
+    manifest["calibration"]["stop_threshold"] = 1.0
+    layout.write_manifest(manifest)
+    risk = layout.read_document("calibration/risk_control.json", "risk_control")
+    layout.write_document("calibration/risk_control.json", "risk_control", {**risk, "threshold": 1.0})
+    return bundle
