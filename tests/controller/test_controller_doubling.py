@@ -120,3 +120,19 @@ def test_fit_doubling_keeps_a_real_gain_and_avoids_harm():
     assert len(harms.meta["curve"]) >= 5 and harms.meta["detectable_gain"] > 0
     nothing = fit_doubling(np.array([0.1, 0.2]), np.array([False, False]), np.zeros(2), np.zeros(2), np.zeros(2))
     assert not nothing.meta["kept"] and nothing.meta["eligible"] == 0
+
+
+def test_a_model_without_think_markers_doubles_after_its_own_end_of_output():
+    from controller_helpers import build_tokenizer
+
+    plain = build_tokenizer(think_tokens=False)
+    m = build_model(plain, script={CLOSE_AT: plain.eos_token_id})  # it ends its output after 9 tokens
+    before = make(m, plain, 0.2, None).run_serial([PROMPT])[0]
+    assert events(before, "stop")[-1]["reason"] == "eos" and before.thinking_tokens == 9
+    r = make(m, plain, 0.2, Doubling(0.5)).run_serial([PROMPT])[0]
+    wait = len(plain("\nWait", add_special_tokens=False)["input_ids"])
+    assert events(r, "double")[0]["budget"] == 9
+    assert "\nWait" in r.text and r.text.count("Final Answer:") == 1 and r.text.index("\nWait") < r.text.index(
+        "Final Answer:")
+    assert r.tokens == before.tokens + 1 + wait + 9 + len(plain("\nFinal Answer:", add_special_tokens=False)
+                                                          ["input_ids"]) + 4 + 1
