@@ -167,7 +167,7 @@ def test_decision_lines_say_whether_a_decision_is_used_and_on_what_evidence():
     esc = fit_escalation(_data(400, 0.3), token_budget=400.0)
     line = decision_line("escalation", {**esc.meta, "below": esc.below, "samples": esc.samples})
     assert line.startswith("escalation: used to a vote of up to 8 samples below confidence")
-    assert "on 400 calib problems" in line and "lower 95 % bound +" in line
+    assert "chosen on 200 calib problems, tested on 200 others" in line and "lower 95 % bound +" in line
     flat = fit_escalation(_data(400, -0.3), token_budget=400.0)
     assert decision_line("escalation", {**flat.meta, "below": flat.below}).startswith("escalation: not used (")
     assert decision_line("budget doubling", {"kept": False, "reason": "no model"}) == \

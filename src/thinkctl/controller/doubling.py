@@ -57,11 +57,12 @@ class Doubling:
 def fit_doubling(confidence: np.ndarray, eligible: np.ndarray, serial_correct: np.ndarray,
                  doubled_correct: np.ndarray, extra_tokens: np.ndarray, *, confidence_level: float = 0.95,
                  n_boot: int = 2000, seed: int = 0) -> Doubling:
-    """The threshold with the best estimated accuracy (the cheapest within a quarter point of the best), over
-    quantiles of the eligible problems' confidence; ``meta["kept"]`` says whether the one-sided lower bound of its
-    gain is above zero. Arrays have one entry per calibration problem; a problem that is not ``eligible`` (its
-    thinking did not end by itself) never doubles."""
-    from thinkctl.controller.escalation import ACCURACY_TOLERANCE, detectable_gain
+    """The threshold chosen and tested by :func:`~thinkctl.controller.escalation.select_and_test` over quantiles of
+    the eligible problems' confidence: the best gain on half the problems (the cheapest within a quarter point of
+    the best), kept (``meta["kept"]``) only when the one-sided lower bound of its gain on the other half is above
+    zero. Arrays have one entry per calibration problem; a problem that is not ``eligible`` (its thinking did not
+    end by itself) never doubles. ``meta["curve"]`` gives every candidate's effect on all the problems."""
+    from thinkctl.controller.escalation import detectable_gain, select_and_test
 
     n = len(confidence)
     pool = confidence[eligible]
@@ -70,34 +71,25 @@ def fit_doubling(confidence: np.ndarray, eligible: np.ndarray, serial_correct: n
                               "reason": "no calibration problem ended its thinking by itself"})
     thresholds = sorted({float(np.quantile(pool, q)) for q in DOUBLING_QUANTILES if q < 1}
                         | {math.nextafter(float(pool.max()), math.inf)})
-    cands = []
-    for t in thresholds:
-        on = eligible & (confidence < t)
-        gain = np.where(on, doubled_correct - serial_correct, 0.0)
-        cands.append((t, gain, float(serial_correct.mean() + gain.mean()), float(np.where(on, extra_tokens, 0).mean()),
-                      float(on.mean())))
-    curve = [{"below": c[0], "doubled_share": c[4], "fixed": int((c[1] > 0).sum()), "broken": int((c[1] < 0).sum()),
-              "gain": float(c[1].mean()), "extra_tokens_mean": c[3]} for c in cands]
-    best = max(c[2] for c in cands)
-    t, gain, acc, extra, share = min((c for c in cands if c[2] >= best - ACCURACY_TOLERANCE), key=lambda c: c[3])
-    rng = np.random.default_rng(seed)
-    boot = gain[rng.integers(0, n, size=(n_boot, n))].mean(1)
-    lower = float(np.quantile(boot, 1 - confidence_level))
-    on = eligible & (confidence < t)
-    meta = {"n_problems": n, "eligible": int(eligible.sum()), "doubled_share": share,
-            "fixed": int((on & (doubled_correct > serial_correct)).sum()),
-            "broken": int((on & (doubled_correct < serial_correct)).sum()),
-            "serial_accuracy": float(serial_correct.mean()), "expected_accuracy": acc,
-            "extra_tokens_mean": extra, "gain": float(gain.mean()), "gain_lower_bound": lower,
-            "gain_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
-            "gain_confidence": confidence_level,
+    ons = [eligible & (confidence < t) for t in thresholds]
+    gains = [np.where(on, doubled_correct - serial_correct, 0.0) for on in ons]
+    costs = [np.where(on, extra_tokens, 0.0) for on in ons]
+    curve = [{"below": t, "doubled_share": float(on.mean()), "fixed": int((g > 0).sum()), "broken": int((g < 0).sum()),
+              "gain": float(g.mean()), "extra_tokens_mean": float(c.mean())}
+             for t, on, g, c in zip(thresholds, ons, gains, costs)]
+    pick, test = select_and_test(gains, costs, token_budget=math.inf, confidence=confidence_level, n_boot=n_boot,
+                                 seed=seed)
+    j = pick if pick is not None else 0
+    meta = {"n_problems": n, "eligible": int(eligible.sum()), **curve[j],
+            "serial_accuracy": float(serial_correct.mean()),
+            "expected_accuracy": float(serial_correct.mean() + gains[j].mean()), **test,
             # the noise scale of the gain is that of doubling every eligible problem (the chosen threshold may
             # double too few to show any)
-            "detectable_gain": detectable_gain(float(cands[-1][1].std(ddof=1)) if n > 1 else math.inf, n,
-                                               confidence_level),
-            "kept": lower > 0, "curve": curve,
-            "note": "threshold chosen on the same problems that test the gain, so the bound is optimistic"}
-    return Doubling(float(t), meta)
+            "detectable_gain": detectable_gain(float(gains[-1].std(ddof=1)) if n > 1 else math.inf,
+                                               test["n_test"], confidence_level),
+            "kept": bool(test.get("kept")), "curve": curve,
+            "note": "chosen on half the problems, its gain tested on the other half"}
+    return Doubling(float(thresholds[j]), meta)
 
 
 @dataclass

@@ -185,60 +185,75 @@ def detectable_gain(sd: float, n: int, confidence: float = 0.95, power: float = 
     return float((norm.ppf(confidence) + norm.ppf(power)) * sd / math.sqrt(n))
 
 
+def select_and_test(gains: Sequence[np.ndarray], tokens: Sequence[np.ndarray], *, token_budget: float,
+                    confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[int | None, dict[str, Any]]:
+    """Choose a candidate on one half of the problems and test its gain on the other.
+
+    ``gains[c]`` and ``tokens[c]`` hold candidate ``c``'s accuracy gain over the serial route and its tokens, per
+    problem. The problems are split in two halves at random (``seed``); on the first, the candidate with the best
+    mean gain at mean tokens within ``token_budget`` is chosen (the cheapest within :data:`ACCURACY_TOLERANCE` of
+    the best); on the second, which took no part in the choice, its mean gain gets a one-sided ``confidence``
+    bootstrap lower bound. A choice tested on the problems it was chosen on would carry its selection's luck into
+    the bound; the held-out half does not (Pareto testing's split, Laufer-Goldshtein et al. 2023, arXiv:2210.07913).
+
+    Returns the chosen index (None when no candidate is within the budget) and the statistics of the test."""
+    n = len(gains[0]) if gains else 0
+    order = np.random.default_rng(seed).permutation(n)
+    choose, test = order[: n // 2], order[n // 2:]
+    feasible = [c for c in range(len(gains)) if float(tokens[c][choose].mean()) <= token_budget] if n >= 2 else []
+    if not feasible:
+        return None, {"n_choose": int(choose.size), "n_test": int(test.size)}
+    best = max(float(gains[c][choose].mean()) for c in feasible)
+    pick = min((c for c in feasible if float(gains[c][choose].mean()) >= best - ACCURACY_TOLERANCE),
+               key=lambda c: float(tokens[c][choose].mean()))
+    held = gains[pick][test]
+    boot = held[np.random.default_rng(seed + 1).integers(0, held.size, size=(n_boot, held.size))].mean(1)
+    lower = float(np.quantile(boot, 1 - confidence))
+    return pick, {"n_choose": int(choose.size), "n_test": int(test.size),
+                  "gain_on_choice_half": float(gains[pick][choose].mean()), "gain_on_test_half": float(held.mean()),
+                  "gain_lower_bound": lower,
+                  "gain_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+                  "gain_confidence": confidence, "kept": lower > 0}
+
+
 def fit_escalation(data: EscalationData, *, token_budget: float, confidence: float = 0.95, n_boot: int = 2000,
                    seed: int = 0, quantiles: Sequence[float] = ESCALATION_QUANTILES) -> Escalation | None:
-    """The escalation (threshold and vote size) with the best estimated accuracy at mean tokens within
-    ``token_budget`` (the cheapest within :data:`ACCURACY_TOLERANCE` of the best), kept only when the one-sided
-    ``confidence`` bootstrap lower bound of its mean accuracy gain over the serial route is above zero.
+    """The escalation (threshold and vote size) chosen and tested by :func:`select_and_test`: the best estimated
+    accuracy at mean tokens within ``token_budget`` on half the problems, kept (``meta["kept"]``) only when the
+    one-sided ``confidence`` lower bound of its gain over the serial route on the other half is above zero.
 
-    Returns ``None`` when no escalation passes; the evidence is then in the ``meta`` of the best candidate, which
-    :func:`fit_bundle_escalation` records in the routing table either way."""
+    Returns ``None`` when no escalation fits the budget; otherwise the chosen one with its evidence in ``meta``,
+    kept or not (:func:`fit_bundle_escalation` records it in the routing table either way)."""
     n = len(data.problem_ids)
     if token_budget <= 0:
         raise ValueError(f"token_budget={token_budget} must be positive (mean tokens per query)")
-    cands: list[_Candidate] = []
+    cands: list[tuple[float, int, np.ndarray, np.ndarray, np.ndarray]] = []
     thresholds = sorted({float(np.quantile(data.confidence, q)) for q in quantiles if q < 1}
                         | {math.nextafter(float(data.confidence.max()), math.inf)})
     for j, k in enumerate(data.samples):
         for t in thresholds:
             esc = data.confidence < t
             if esc.any():
-                gain = np.where(esc, data.vote_correct[:, j] - data.serial_correct, 0.0)
-                tokens = data.serial_tokens + np.where(esc, data.vote_extra_tokens[:, j], 0.0)
-                cands.append(_Candidate(t, int(k), gain, float(data.serial_correct.mean() + gain.mean()),
-                                        float(tokens.mean()), float(esc.mean())))
-    feasible = [c for c in cands if c.tokens <= token_budget]
-    if not feasible:
+                cands.append((t, int(k), np.where(esc, data.vote_correct[:, j] - data.serial_correct, 0.0),
+                              data.serial_tokens + np.where(esc, data.vote_extra_tokens[:, j], 0.0), esc))
+    pick, test = select_and_test([c[2] for c in cands], [c[3] for c in cands], token_budget=token_budget,
+                                 confidence=confidence, n_boot=n_boot, seed=seed)
+    if pick is None:
         return None
-    best_acc = max(c.accuracy for c in feasible)
-    pick = min((c for c in feasible if c.accuracy >= best_acc - ACCURACY_TOLERANCE), key=lambda c: c.tokens)
-    rng = np.random.default_rng(seed)
-    boot = pick.gain[rng.integers(0, n, size=(n_boot, n))].mean(1)
-    lower = float(np.quantile(boot, 1 - confidence))
+    below, k, gain, tokens, esc = cands[pick]
     # the noise scale of the gain: that of escalating every query to the chosen vote (the chosen threshold may
-    # escalate too few to show any)
-    widest = max((c for c in cands if c.samples == pick.samples), key=lambda c: c.escalated)
-    sd = float(widest.gain.std(ddof=1)) if n > 1 else math.inf
+    # escalate too few to show any); what the held-out half can detect
+    widest = max((c for c in cands if c[1] == k), key=lambda c: int(c[4].sum()))
+    sd = float(widest[2].std(ddof=1)) if n > 1 else math.inf
     meta = {"n_problems": n, "serial_accuracy": float(data.serial_correct.mean()),
             "serial_tokens": float(data.serial_tokens.mean()), "token_budget": float(token_budget),
-            "gain_confidence": confidence, "recorded_samples_mean": float(data.recorded_samples.mean()),
-            "candidates_tried": len(cands), "expected_accuracy": pick.accuracy, "expected_tokens": pick.tokens,
-            "escalated_share": pick.escalated, "gain": float(pick.gain.mean()), "gain_lower_bound": lower,
-            "gain_ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
-            "detectable_gain": detectable_gain(sd, n, confidence), "kept": lower > 0,
-            "note": "threshold and vote size chosen on the same problems that test the gain, so the bound is "
-                    "optimistic; votes are simulated from each problem's recorded samples"}
-    return Escalation(pick.below, pick.samples, meta)
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    below: float
-    samples: int
-    gain: np.ndarray  # per problem
-    accuracy: float
-    tokens: float
-    escalated: float
+            "recorded_samples_mean": float(data.recorded_samples.mean()), "candidates_tried": len(cands),
+            "expected_accuracy": float(data.serial_correct.mean() + gain.mean()),
+            "expected_tokens": float(tokens.mean()), "escalated_share": float(esc.mean()),
+            "gain": float(gain.mean()), **test, "detectable_gain": detectable_gain(sd, test["n_test"], confidence),
+            "note": "chosen on half the problems, its gain tested on the other half; votes are simulated from each "
+                    "problem's recorded samples"}
+    return Escalation(below, k, meta)
 
 
 def fit_bundle_escalation(bundle_dir: str | os.PathLike[str], *, token_budget_multiple: float, wave_size: int = 5,
