@@ -365,6 +365,7 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
             from thinkctl import tasks
             from thinkctl.controller.core import AdaptiveController
 
+            _save_routing(layout, meta, table)  # the table so far: the bundle the doubling fit loads is routed
             controller = AdaptiveController.load(bundle_dir, model, tokenizer, cfg,
                                                  task=tasks.get(str(store.config["collect"]["task"])),
                                                  doubling=None)
@@ -375,7 +376,12 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
 
         table.escalation, table.meta["escalation"] = fit_bundle_escalation(
             bundle_dir, token_budget_multiple=token_budget_multiple, wave_size=cfg.wave_size, seed=seed)
+    _save_routing(layout, meta, table)
+    return table
+
+
+def _save_routing(layout: BundleLayout, meta: dict[str, Any], table: RoutingTable) -> None:
+    """Write ``routing.json`` and record in the manifest the difficulty probe it was made for."""
     table.save(layout.path(ROUTING))
     meta["routing_made_for"] = {DIFFICULTY_PROBE: fingerprint(layout.path(DIFFICULTY_PROBE))}
     layout.write_manifest(meta)
-    return table
