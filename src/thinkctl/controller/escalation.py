@@ -4,8 +4,8 @@ Routing by the prompt alone (:class:`~thinkctl.controller.routing.RoutingTable`)
 which queries a vote will help. The serial route knows more once it has thought: the calibrated confidence at the
 end of its thinking (the state it answered from) is the probability that its answer is right. A cascade that
 escalates only the answers it doubts is the classic way to buy a vote's accuracy at a fraction of its cost (the
-model cascades of Chen et al. 2023, "FrugalGPT", arXiv:2305.05176, and the confidence-gated sampling of Aggarwal et
-al. 2023, "Let's Sample Step by Step", arXiv:2305.11860, applied within one model):
+LLM cascades of Chen et al. 2023, "FrugalGPT", arXiv:2305.05176, which pass a query on to a dearer model only when a
+scorer doubts the cheap answer; here within one model):
 
 * a query whose serial answer has calibrated confidence ``>= below`` keeps it;
 * otherwise up to ``samples`` samples are drawn in waves and vote together with the serial answer (which counts as
@@ -13,9 +13,10 @@ al. 2023, "Let's Sample Step by Step", arXiv:2305.11860, applied within one mode
 
 :func:`fit_escalation` picks ``below`` and ``samples`` on calibration problems from what the bundle's traces record:
 the serial route replayed on each problem's greedy trace (its answer, tokens and end-of-thinking confidence, exactly
-as the live controller would produce them) and votes simulated from the problem's recorded samples. It keeps an
-escalation only when the one-sided lower confidence bound of its accuracy gain over the serial route is above zero,
-and says in ``meta`` how many problems the decision rests on and the smallest gain it could have detected.
+as the live controller would produce them) and votes simulated from the problem's recorded samples. It chooses
+on half the problems and keeps the choice only when the one-sided lower confidence bound of its accuracy gain over
+the serial route, on the other half, is above zero (:func:`select_and_test`); ``meta`` says how many problems the
+decision rests on and the smallest gain they could have detected.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from thinkctl.voting import MajorityStabilityStopping, VoteTally
 
 __all__ = ["Escalation", "EscalationData", "escalation_data", "fit_escalation", "fit_bundle_escalation",
-           "detectable_gain"]
+           "detectable_gain", "select_and_test", "simulate_vote"]
 
 #: Vote sizes an escalation may take (samples drawn besides the serial answer), the controller's parallel routes.
 ESCALATION_SAMPLES = (4, 8, 16)
