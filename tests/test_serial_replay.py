@@ -415,7 +415,8 @@ def test_calibration_doubling_is_the_live_serial_routes_doubling(embedded_setup)
     """Budget doubling measured on a bundle's calibration problems (the recorded thinking continued after "Wait")
     gives, problem by problem, what the live serial route gives when it doubles."""
     from thinkctl.controller import AdaptiveController, ControllerConfig
-    from thinkctl.controller.doubling import Doubling, doubling_data
+    from thinkctl.controller.doubling import Doubling
+    from thinkctl.eval.serial_decisions import doubling_data
     from thinkctl.eval.serial_replay import split_outcomes
     from thinkctl.generation import reasoning_format
 
@@ -445,7 +446,7 @@ def test_calibration_doubling_is_the_live_serial_routes_doubling(embedded_setup)
 
 @pytest.mark.slow
 def test_routing_of_a_bundle_without_sampled_answers_says_why_it_does_not_escalate(embedded_setup):
-    from thinkctl.controller.escalation import fit_bundle_escalation
+    from thinkctl.eval.serial_decisions import fit_bundle_escalation
 
     _, _, _, problems, root = embedded_setup
     esc, evidence = fit_bundle_escalation(_calib_bundle(root, problems), token_budget_multiple=3.0)

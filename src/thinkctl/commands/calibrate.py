@@ -94,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
             from thinkctl.models import load_model
 
             model, tokenizer = load_model(spec)
-        table = fit_bundle_routing(args.bundle, token_budget_multiple=args.route_budget, model=model,
-                                   tokenizer=tokenizer)
+        from thinkctl.eval.serial_decisions import fit_bundle_serial_decisions
+
+        table = fit_bundle_routing(args.bundle, token_budget_multiple=args.route_budget, tokenizer=tokenizer)
+        table = fit_bundle_serial_decisions(args.bundle, table, model=model, tokenizer=tokenizer,
+                                            token_budget_multiple=args.route_budget)
         print("routing table (fitted on the calib split): " + ", ".join(
             f"P(solve) in [{a:.2f}, {b:.2f}) -> {r}" for (a, b), r in
             ((x["p_solve"], x["route"]) for x in routing_summary(table)))

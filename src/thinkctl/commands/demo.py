@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from thinkctl.commands.evaluate import format_table
     from thinkctl.controller import AdaptiveController, ControllerConfig
     from thinkctl.controller.routing import decision_line, fit_bundle_routing, routing_summary
+    from thinkctl.eval.serial_decisions import fit_bundle_serial_decisions
     from thinkctl.eval.evaluate import (evaluate, matched_compute, oracle_rows, paired_comparison, pareto_plot,
                                         summarize)
     from thinkctl.models import load_model, model_id
@@ -148,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     cal = calibrate_bundle(bundle, cal_cfg)
     ctl_cfg = ControllerConfig(seed=args.seed, temperature=args.temperature, token_cap=args.token_cap,
                                easy_cap=min(ControllerConfig().easy_cap, args.token_cap))
-    table = fit_bundle_routing(bundle, config=ctl_cfg, tokenizer=tokenizer, model=model)
+    table = fit_bundle_routing(bundle, config=ctl_cfg, tokenizer=tokenizer)
+    table = fit_bundle_serial_decisions(bundle, table, model=model, tokenizer=tokenizer, config=ctl_cfg)
     stage("calibration report")
     entries = bundle_report_entries(bundle)
     calibration_report(entries, out / "report", title=f"thinkctl demo: {args.task} on {model_id(model)}")

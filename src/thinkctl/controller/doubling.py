@@ -4,7 +4,8 @@ Muennighoff et al. 2025, arXiv:2501.19393, applied per query where the answer is
 
 "Wait" is not free and not always good: on the embedded model's gym it fixes some arith answers and breaks modeq
 ones (a search that re-checks talks itself out of a right answer). So whether the serial route doubles at all, and
-below which confidence, is decided per bundle from its calibration problems (:func:`fit_bundle_doubling`): each
+below which confidence, is decided per bundle from its calibration problems
+(:func:`thinkctl.eval.serial_decisions.fit_bundle_doubling`): each
 problem whose greedy thinking ended by itself is continued after "Wait" exactly as the live route would continue it,
 and doubling is kept only when the one-sided lower confidence bound of its accuracy gain over not doubling is above
 zero.
@@ -13,13 +14,12 @@ zero.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Doubling", "DoublingData", "doubling_data", "fit_doubling", "fit_bundle_doubling", "WAIT_TEXT"]
+__all__ = ["Doubling", "fit_doubling", "WAIT_TEXT"]
 
 #: The continuation written in place of the end of thinking (s1's "Wait").
 WAIT_TEXT = "Wait"
@@ -90,74 +90,3 @@ def fit_doubling(confidence: np.ndarray, eligible: np.ndarray, serial_correct: n
             "kept": bool(test.get("kept")), "curve": curve,
             "note": "chosen on half the problems, its gain tested on the other half"}
     return Doubling(float(thresholds[j]), meta)
-
-
-@dataclass
-class DoublingData:
-    """Per calibration problem: the end-of-thinking confidence of the serial route, whether its model ended its
-    thinking itself (``eligible``: only then can it double), its correctness without and with doubling, and the
-    tokens doubling adds."""
-
-    problem_ids: list[str]
-    confidence: np.ndarray
-    eligible: np.ndarray
-    serial_correct: np.ndarray
-    doubled_correct: np.ndarray
-    extra_tokens: np.ndarray
-
-
-def doubling_data(bundle_dir: str | os.PathLike[str], controller: Any, *, split: str = "calib",
-                  batch: int = 32) -> DoublingData:
-    """Double every problem of a bundle's ``split`` whose greedy thinking (recorded in the bundle's traces) ended by
-    itself before the certified stop rule would stop it, with the live ``controller``
-    (:meth:`~thinkctl.controller.serial.SerialRoute.continue_after_wait`: the very continuation the serial route
-    runs), and record what it changes.
-
-    Raises
-    ------
-    ValueError
-        If the bundle certifies no stop rule or has lost its trace store."""
-    from thinkctl import tasks
-    from thinkctl.eval.serial_replay import split_outcomes
-    from thinkctl.tasks.base import Problem
-    from thinkctl.traces.store import TraceStore
-
-    rule, outcomes = split_outcomes(bundle_dir, split)
-    assert rule.trace_store is not None
-    store = TraceStore(rule.trace_store)
-    task = tasks.get(str(store.config["collect"]["task"]))
-    greedy = {str(r["problem_id"]): r for r in store.samples() if r.get("greedy")}
-    ok = np.array([float(bool(o.row["correct"])) for o in outcomes])
-    doubled, extra = ok.copy(), np.zeros(len(outcomes))
-    todo = [j for j, o in enumerate(outcomes) if o.own_end]
-    for start in range(0, len(todo), batch):
-        part = todo[start:start + batch]
-        recs = [greedy[outcomes[j].trace.problem_id] for j in part]
-        results = controller.continue_after_wait([r["prompt"] for r in recs],
-                                                 [list(r["generated_ids"][:r["n_thinking"]]) for r in recs])
-        for j, r, res in zip(part, recs, results):
-            if res is None:  # no room to double under the cap: it keeps its answer
-                continue
-            problem = Problem(id=str(r["problem_id"]), prompt=str(r["prompt"]), answer=str(r["gold"]),
-                              level=r.get("level"), features=dict(r.get("features") or {}))
-            doubled[j] = float(task.is_correct(problem, res.text))
-            extra[j] = res.generated  # the replaced ending was generated all the same: it stays counted
-    return DoublingData([o.trace.problem_id for o in outcomes], np.array([o.end_confidence for o in outcomes]),
-                        np.array([o.own_end for o in outcomes], dtype=bool), ok, doubled, extra)
-
-
-def fit_bundle_doubling(bundle_dir: str | os.PathLike[str], controller: Any) -> tuple[Doubling | None, dict[str, Any]]:
-    """Fit a bundle's budget doubling on its calibration problems (:func:`doubling_data`, then
-    :func:`fit_doubling`) with a live ``controller`` (the bundle's, on its model).
-
-    Returns the doubling to keep (None when its gain test fails or no stop rule is certified) and the evidence."""
-    try:
-        data = doubling_data(bundle_dir, controller)
-    except ValueError as exc:
-        return None, {"kept": False, "reason": str(exc)}
-    if not data.problem_ids:
-        return None, {"kept": False, "reason": "the bundle's calibration split has no greedy traces"}
-    fit = fit_doubling(data.confidence, data.eligible, data.serial_correct, data.doubled_correct, data.extra_tokens)
-    evidence = dict(fit.meta)
-    evidence["below"] = fit.below
-    return (fit if fit.meta.get("kept") else None), evidence

@@ -22,7 +22,6 @@ decision rests on and the smallest gain they could have detected.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -30,8 +29,8 @@ import numpy as np
 
 from thinkctl.voting import MajorityStabilityStopping, VoteTally
 
-__all__ = ["Escalation", "EscalationData", "escalation_data", "fit_escalation", "fit_bundle_escalation",
-           "detectable_gain", "select_and_test", "simulate_vote"]
+__all__ = ["Escalation", "EscalationData", "escalation_data", "fit_escalation", "detectable_gain", "select_and_test",
+           "simulate_vote"]
 
 #: Vote sizes an escalation may take (samples drawn besides the serial answer), the controller's parallel routes.
 ESCALATION_SAMPLES = (4, 8, 16)
@@ -224,7 +223,8 @@ def fit_escalation(data: EscalationData, *, token_budget: float, confidence: flo
     one-sided ``confidence`` lower bound of its gain over the serial route on the other half is above zero.
 
     Returns ``None`` when no escalation fits the budget; otherwise the chosen one with its evidence in ``meta``,
-    kept or not (:func:`fit_bundle_escalation` records it in the routing table either way)."""
+    kept or not (:func:`thinkctl.eval.serial_decisions.fit_bundle_escalation` records it in the routing table
+    either way)."""
     n = len(data.problem_ids)
     if token_budget <= 0:
         raise ValueError(f"token_budget={token_budget} must be positive (mean tokens per query)")
@@ -255,34 +255,3 @@ def fit_escalation(data: EscalationData, *, token_budget: float, confidence: flo
             "note": "chosen on half the problems, its gain tested on the other half; votes are simulated from each "
                     "problem's recorded samples"}
     return Escalation(below, k, meta)
-
-
-def fit_bundle_escalation(bundle_dir: str | os.PathLike[str], *, token_budget_multiple: float, wave_size: int = 5,
-                          draws: int = 100, seed: int = 0) -> tuple[Escalation | None, dict[str, Any]]:
-    """Fit the escalation of a calibrated bundle on its calibration problems (see :func:`fit_escalation`); the
-    token budget is ``token_budget_multiple`` times the mean tokens of one greedy answer to the end on them.
-
-    Returns the escalation to keep (None when none passes its gain test, or the bundle certifies no stop rule) and
-    the evidence for the routing table's ``meta``."""
-    from thinkctl.eval.serial_replay import split_outcomes
-    from thinkctl.traces.store import TraceStore
-
-    try:
-        rule, outcomes = split_outcomes(bundle_dir)
-    except ValueError as exc:
-        return None, {"kept": False, "reason": str(exc)}
-    if not outcomes:
-        return None, {"kept": False, "reason": "the bundle's calibration split has no greedy traces"}
-    greedy_tokens = float(np.mean([o.trace.n_prompt + o.trace.n_generated for o in outcomes]))
-    assert rule.trace_store is not None
-    try:
-        data = escalation_data([o.row for o in outcomes], {o.trace.problem_id: o.end_confidence for o in outcomes},
-                               TraceStore(rule.trace_store).samples(), wave_size=wave_size, draws=draws, seed=seed)
-    except ValueError as exc:  # too few recorded samples to estimate any vote
-        return None, {"kept": False, "reason": str(exc)}
-    esc = fit_escalation(data, token_budget=token_budget_multiple * greedy_tokens, seed=seed)
-    evidence = dict(esc.meta) if esc is not None else {"kept": False, "reason": "no escalation fits the budget"}
-    evidence.update({"greedy_tokens": greedy_tokens, "token_budget_multiple": token_budget_multiple})
-    if esc is not None:
-        evidence.update({"below": esc.below, "samples": esc.samples})
-    return (esc if esc is not None and esc.meta.get("kept") else None), evidence

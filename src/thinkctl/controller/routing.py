@@ -30,7 +30,7 @@ from thinkctl.bundle import (CALIBRATION_DIR, DIFFICULTY_CALIBRATOR, DIFFICULTY_
                              BundleLayout, fingerprint)
 
 __all__ = ["Route", "RoutingTable", "RouteEstimates", "estimate_routes", "fit_routing_table", "fit_bundle_routing",
-           "routing_summary", "decision_line"]
+           "routing_summary", "decision_line", "save_bundle_routing"]
 
 ROUTE_KINDS = ("easy", "serial", "parallel")
 
@@ -288,7 +288,7 @@ def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
 
 
 def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None, token_budget_multiple: float = 3.0,
-                       n_bins: int = 5, seed: int = 0, tokenizer: Any = None, model: Any = None) -> RoutingTable:
+                       n_bins: int = 5, seed: int = 0, tokenizer: Any = None) -> RoutingTable:
     """Calibrate a bundle's difficulty probe and fit its routing table on the bundle's calibration problems.
 
     The difficulty probe's logits on the prompt states are Platt-scaled against whether each sample solved its
@@ -299,12 +299,8 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     (the embedded model's). The easy route (a blunt thinking cap) is a candidate only when the bundle certifies no
     stop rule: the certified serial route already stops early, with a bound on what that loses.
 
-    When every bin takes the serial route, two decisions that follow it are fitted on the same calibration problems,
-    each kept only when the lower confidence bound of its accuracy gain is above zero: with the ``model`` (and its
-    ``tokenizer``), the serial route's budget doubling (:func:`~thinkctl.controller.doubling.fit_bundle_doubling`,
-    which continues the calibration problems' thinking after "Wait"); then the escalation of doubtful serial answers
-    to a vote (:func:`~thinkctl.controller.escalation.fit_bundle_escalation`, from the recorded samples). Their
-    evidence is in ``meta["doubling"]`` and ``meta["escalation"]``.
+    The decisions that follow the serial route (budget doubling, escalation to a vote) are fitted into the table
+    afterwards by :func:`thinkctl.eval.serial_decisions.fit_bundle_serial_decisions`.
     Writes ``routing.json`` into the bundle and returns the table.
     """
     from thinkctl.calibration.bundle import RISK_CONTROL_KIND
@@ -355,33 +351,14 @@ def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None
     table = fit_routing_table(est, token_budget=token_budget_multiple * float(serial), n_bins=n_bins)
     table.meta.update({"token_budget_multiple": token_budget_multiple, "difficulty_layer": layer,
                        "fitted_on": "calib split", "trace_temperature": store.config["collect"].get("temperature")})
-    if certified and all(r.kind == "serial" for r in table.routes):
-        # every query starts serial: double its thinking where that helps, escalate the answers it doubts to a vote
-        # where that helps, each as the calibration problems show it
-        from thinkctl.controller.doubling import fit_bundle_doubling
-        from thinkctl.controller.escalation import fit_bundle_escalation
-
-        if model is not None and tokenizer is not None:
-            from thinkctl import tasks
-            from thinkctl.controller.core import AdaptiveController
-
-            _save_routing(layout, meta, table)  # the table so far: the bundle the doubling fit loads is routed
-            controller = AdaptiveController.load(bundle_dir, model, tokenizer, cfg,
-                                                 task=tasks.get(str(store.config["collect"]["task"])),
-                                                 doubling=None)
-            table.doubling, table.meta["doubling"] = fit_bundle_doubling(bundle_dir, controller)
-        else:
-            table.meta["doubling"] = {"kept": False, "reason": "not fitted: it needs the model (calibrate with the "
-                                                               "model the bundle was trained on)"}
-
-        table.escalation, table.meta["escalation"] = fit_bundle_escalation(
-            bundle_dir, token_budget_multiple=token_budget_multiple, wave_size=cfg.wave_size, seed=seed)
-    _save_routing(layout, meta, table)
+    save_bundle_routing(bundle_dir, table)
     return table
 
 
-def _save_routing(layout: BundleLayout, meta: dict[str, Any], table: RoutingTable) -> None:
-    """Write ``routing.json`` and record in the manifest the difficulty probe it was made for."""
+def save_bundle_routing(bundle_dir: str | os.PathLike[str], table: RoutingTable) -> None:
+    """Write a bundle's ``routing.json`` and record in its manifest the difficulty probe it was made for."""
+    layout = BundleLayout(bundle_dir)
+    meta = layout.read_manifest()
     table.save(layout.path(ROUTING))
     meta["routing_made_for"] = {DIFFICULTY_PROBE: fingerprint(layout.path(DIFFICULTY_PROBE))}
     layout.write_manifest(meta)
