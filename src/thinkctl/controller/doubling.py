@@ -62,15 +62,14 @@ def fit_doubling(confidence: np.ndarray, eligible: np.ndarray, serial_correct: n
     the best), kept (``meta["kept"]``) only when the one-sided lower bound of its gain on the other half is above
     zero. Arrays have one entry per calibration problem; a problem that is not ``eligible`` (its thinking did not
     end by itself) never doubles. ``meta["curve"]`` gives every candidate's effect on all the problems."""
-    from thinkctl.controller.escalation import detectable_gain, select_and_test
+    from thinkctl.controller.escalation import candidate_thresholds, detectable_gain, select_and_test
 
     n = len(confidence)
     pool = confidence[eligible]
     if pool.size == 0:
         return Doubling(0.0, {"kept": False, "n_problems": n, "eligible": 0,
                               "reason": "no calibration problem ended its thinking by itself"})
-    thresholds = sorted({float(np.quantile(pool, q)) for q in DOUBLING_QUANTILES if q < 1}
-                        | {math.nextafter(float(pool.max()), math.inf)})
+    thresholds = candidate_thresholds(pool, DOUBLING_QUANTILES)
     ons = [eligible & (confidence < t) for t in thresholds]
     gains = [np.where(on, doubled_correct - serial_correct, 0.0) for on in ons]
     costs = [np.where(on, extra_tokens, 0.0) for on in ons]

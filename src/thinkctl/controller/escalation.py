@@ -30,7 +30,7 @@ import numpy as np
 from thinkctl.voting import MajorityStabilityStopping, VoteTally
 
 __all__ = ["Escalation", "EscalationData", "escalation_data", "fit_escalation", "detectable_gain", "select_and_test",
-           "simulate_vote"]
+           "simulate_vote", "candidate_thresholds"]
 
 #: Vote sizes an escalation may take (samples drawn besides the serial answer), the controller's parallel routes.
 ESCALATION_SAMPLES = (4, 8, 16)
@@ -185,6 +185,13 @@ def detectable_gain(sd: float, n: int, confidence: float = 0.95, power: float = 
     return float((norm.ppf(confidence) + norm.ppf(power)) * sd / math.sqrt(n))
 
 
+def candidate_thresholds(values: np.ndarray, quantiles: Sequence[float]) -> list[float]:
+    """Thresholds "below which" to act: the ``quantiles`` (< 1) of ``values``, and one just above their largest
+    (acting on every problem), increasing and without repeats."""
+    return sorted({float(np.quantile(values, q)) for q in quantiles if q < 1}
+                  | {math.nextafter(float(values.max()), math.inf)})
+
+
 def select_and_test(gains: Sequence[np.ndarray], tokens: Sequence[np.ndarray], *, token_budget: float,
                     confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[int | None, dict[str, Any]]:
     """Choose a candidate on one half of the problems and test its gain on the other.
@@ -229,8 +236,7 @@ def fit_escalation(data: EscalationData, *, token_budget: float, confidence: flo
     if token_budget <= 0:
         raise ValueError(f"token_budget={token_budget} must be positive (mean tokens per query)")
     cands: list[tuple[float, int, np.ndarray, np.ndarray, np.ndarray]] = []
-    thresholds = sorted({float(np.quantile(data.confidence, q)) for q in quantiles if q < 1}
-                        | {math.nextafter(float(data.confidence.max()), math.inf)})
+    thresholds = candidate_thresholds(data.confidence, quantiles)
     for j, k in enumerate(data.samples):
         for t in thresholds:
             esc = data.confidence < t

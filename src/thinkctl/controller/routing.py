@@ -270,13 +270,9 @@ def decision_line(name: str, ev: dict[str, Any]) -> str:
     what = f" to a vote of up to {ev['samples']} samples" if "samples" in ev else ""
     head = (f"used{what} below confidence {ev['below']:.3f}" if ev.get("kept") else
             f"not used (its best candidate{what}, below confidence {ev['below']:.3f}, does not pass)")
-    if "n_test" in ev:
-        return (f"{name}: {head}; chosen on {ev['n_choose']} calib problems, tested on {ev['n_test']} others: "
-                f"accuracy gain {ev['gain_on_test_half']:+.3f}, lower 95 % bound {ev['gain_lower_bound']:+.3f} "
-                f"(used only above 0; {ev['n_test']} problems detect a gain of {ev['detectable_gain']:.3f} 4 times "
-                "in 5)")
-    return (f"{name}: {head}; on {ev['n_problems']} calib problems: accuracy gain {ev['gain']:+.3f}, lower 95 % "
-            f"bound {ev['gain_lower_bound']:+.3f} (used only above 0)")
+    return (f"{name}: {head}; chosen on {ev['n_choose']} calib problems, tested on {ev['n_test']} others: "
+            f"accuracy gain {ev['gain_on_test_half']:+.3f}, lower 95 % bound {ev['gain_lower_bound']:+.3f} "
+            f"(used only above 0; {ev['n_test']} problems detect a gain of {ev['detectable_gain']:.3f} 4 times in 5)")
 
 
 def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
@@ -284,7 +280,6 @@ def routing_summary(table: RoutingTable) -> list[dict[str, Any]]:
     lo = [0.0] + table.edges
     hi = table.edges + [1.0]
     return [{"p_solve": [a, b], "route": r.name} for a, b, r in zip(lo, hi, table.routes)]
-
 
 
 def fit_bundle_routing(bundle_dir: str | os.PathLike[str], *, config: Any = None, token_budget_multiple: float = 3.0,

@@ -19,8 +19,35 @@ from thinkctl.controller.doubling import Doubling, fit_doubling
 from thinkctl.controller.escalation import Escalation, escalation_data, fit_escalation
 from thinkctl.controller.routing import RoutingTable, save_bundle_routing
 
-__all__ = ["DoublingData", "doubling_data", "fit_bundle_doubling", "fit_bundle_escalation",
+__all__ = ["Replayed", "replay", "DoublingData", "doubling_data", "fit_bundle_doubling", "fit_bundle_escalation",
            "fit_bundle_serial_decisions"]
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A bundle's certified serial route replayed on one split (:func:`~thinkctl.eval.serial_replay.split_outcomes`)
+    and the rows of its trace store: what both decisions are fitted on, read once."""
+
+    rule: Any  # CertifiedStopRule
+    outcomes: list[Any]  # RouteOutcome per problem of the split
+    samples: list[dict[str, Any]]  # every row of the bundle's trace store
+    task: str  # the task the traces were collected on
+
+
+def replay(bundle_dir: str | os.PathLike[str], split: str = "calib") -> Replayed:
+    """Replay the bundle's serial route on ``split`` and read its trace store's rows.
+
+    Raises
+    ------
+    ValueError
+        If the bundle certifies no stop rule or has lost its trace store."""
+    from thinkctl.eval.serial_replay import split_outcomes
+    from thinkctl.traces.store import TraceStore
+
+    rule, outcomes = split_outcomes(bundle_dir, split)
+    assert rule.trace_store is not None
+    store = TraceStore(rule.trace_store)
+    return Replayed(rule, outcomes, store.samples(), str(store.config["collect"]["task"]))
 
 
 @dataclass
@@ -38,26 +65,23 @@ class DoublingData:
 
 
 def doubling_data(bundle_dir: str | os.PathLike[str], controller: Any, *, split: str = "calib",
-                  batch: int = 32) -> DoublingData:
+                  batch: int = 32, replayed: Replayed | None = None) -> DoublingData:
     """Double every problem of a bundle's ``split`` whose greedy thinking (recorded in the bundle's traces) ended by
     itself before the certified stop rule would stop it, with the live ``controller``
     (:meth:`~thinkctl.controller.serial.SerialRoute.continue_after_wait`: the very continuation the serial route
-    runs), and record what it changes.
+    runs), and record what it changes. ``replayed``: the bundle's :func:`replay` on ``split``, when already read.
 
     Raises
     ------
     ValueError
         If the bundle certifies no stop rule or has lost its trace store."""
     from thinkctl import tasks
-    from thinkctl.eval.serial_replay import split_outcomes
     from thinkctl.tasks.base import Problem
-    from thinkctl.traces.store import TraceStore
 
-    rule, outcomes = split_outcomes(bundle_dir, split)
-    assert rule.trace_store is not None
-    store = TraceStore(rule.trace_store)
-    task = tasks.get(str(store.config["collect"]["task"]))
-    greedy = {str(r["problem_id"]): r for r in store.samples() if r.get("greedy")}
+    replayed = replayed if replayed is not None else replay(bundle_dir, split)
+    outcomes = replayed.outcomes
+    task = tasks.get(replayed.task)
+    greedy = {str(r["problem_id"]): r for r in replayed.samples if r.get("greedy")}
     ok = np.array([float(bool(o.row["correct"])) for o in outcomes])
     doubled, extra = ok.copy(), np.zeros(len(outcomes))
     todo = [j for j, o in enumerate(outcomes) if o.own_end]
@@ -77,13 +101,14 @@ def doubling_data(bundle_dir: str | os.PathLike[str], controller: Any, *, split:
                         np.array([o.own_end for o in outcomes], dtype=bool), ok, doubled, extra)
 
 
-def fit_bundle_doubling(bundle_dir: str | os.PathLike[str], controller: Any) -> tuple[Doubling | None, dict[str, Any]]:
+def fit_bundle_doubling(bundle_dir: str | os.PathLike[str], controller: Any, *, replayed: Replayed | None = None
+                        ) -> tuple[Doubling | None, dict[str, Any]]:
     """Fit a bundle's budget doubling on its calibration problems (:func:`doubling_data`, then
     :func:`fit_doubling`) with a live ``controller`` (the bundle's, on its model).
 
     Returns the doubling to keep (None when its gain test fails or no stop rule is certified) and the evidence."""
     try:
-        data = doubling_data(bundle_dir, controller)
+        data = doubling_data(bundle_dir, controller, replayed=replayed)
     except ValueError as exc:
         return None, {"kept": False, "reason": str(exc)}
     if not data.problem_ids:
@@ -95,26 +120,24 @@ def fit_bundle_doubling(bundle_dir: str | os.PathLike[str], controller: Any) -> 
 
 
 def fit_bundle_escalation(bundle_dir: str | os.PathLike[str], *, token_budget_multiple: float, wave_size: int = 5,
-                          draws: int = 100, seed: int = 0) -> tuple[Escalation | None, dict[str, Any]]:
+                          draws: int = 100, seed: int = 0, replayed: Replayed | None = None
+                          ) -> tuple[Escalation | None, dict[str, Any]]:
     """Fit the escalation of a calibrated bundle on its calibration problems (see :func:`fit_escalation`); the
     token budget is ``token_budget_multiple`` times the mean tokens of one greedy answer to the end on them.
 
     Returns the escalation to keep (None when none passes its gain test, or the bundle certifies no stop rule) and
     the evidence for the routing table's ``meta``."""
-    from thinkctl.eval.serial_replay import split_outcomes
-    from thinkctl.traces.store import TraceStore
-
     try:
-        rule, outcomes = split_outcomes(bundle_dir)
+        replayed = replayed if replayed is not None else replay(bundle_dir)
     except ValueError as exc:
         return None, {"kept": False, "reason": str(exc)}
+    outcomes = replayed.outcomes
     if not outcomes:
         return None, {"kept": False, "reason": "the bundle's calibration split has no greedy traces"}
     greedy_tokens = float(np.mean([o.trace.n_prompt + o.trace.n_generated for o in outcomes]))
-    assert rule.trace_store is not None
     try:
         data = escalation_data([o.row for o in outcomes], {o.trace.problem_id: o.end_confidence for o in outcomes},
-                               TraceStore(rule.trace_store).samples(), wave_size=wave_size, draws=draws, seed=seed)
+                               replayed.samples, wave_size=wave_size, draws=draws, seed=seed)
     except ValueError as exc:  # too few recorded samples to estimate any vote
         return None, {"kept": False, "reason": str(exc)}
     esc = fit_escalation(data, token_budget=token_budget_multiple * greedy_tokens, seed=seed)
@@ -143,21 +166,25 @@ def fit_bundle_serial_decisions(bundle_dir: str | os.PathLike[str], table: Routi
         save_bundle_routing(bundle_dir, table)
         return table
     cfg = config if config is not None else ControllerConfig()
+    try:
+        replayed = replay(bundle_dir)  # read once: both decisions are fitted on it
+    except ValueError as exc:
+        reason = {"kept": False, "reason": str(exc)}
+        table.meta["doubling"], table.meta["escalation"] = dict(reason), dict(reason)
+        save_bundle_routing(bundle_dir, table)
+        return table
     if model is not None and tokenizer is not None:
         from thinkctl import tasks
         from thinkctl.controller.core import AdaptiveController
-        from thinkctl.traces.store import TraceStore
-        from thinkctl.bundle import BundleLayout
 
-        layout = BundleLayout(bundle_dir)
-        store = TraceStore(layout.trace_store_path(layout.read_manifest()))
-        controller = AdaptiveController.load(bundle_dir, model, tokenizer, cfg,
-                                             task=tasks.get(str(store.config["collect"]["task"])), doubling=None)
-        table.doubling, table.meta["doubling"] = fit_bundle_doubling(bundle_dir, controller)
+        controller = AdaptiveController.load(bundle_dir, model, tokenizer, cfg, task=tasks.get(replayed.task),
+                                             doubling=None)
+        table.doubling, table.meta["doubling"] = fit_bundle_doubling(bundle_dir, controller, replayed=replayed)
     else:
         table.meta["doubling"] = {"kept": False, "reason": "not fitted: it needs the model (calibrate with the "
                                                            "model the bundle was trained on)"}
     table.escalation, table.meta["escalation"] = fit_bundle_escalation(
-        bundle_dir, token_budget_multiple=token_budget_multiple, wave_size=cfg.wave_size, seed=seed)
+        bundle_dir, token_budget_multiple=token_budget_multiple, wave_size=cfg.wave_size, seed=seed,
+        replayed=replayed)
     save_bundle_routing(bundle_dir, table)
     return table
